@@ -1,0 +1,165 @@
+"""Boundary checks shared by galjax's public entry points.
+
+Public functions validate their inputs once, outside ``jit``, and raise a
+``ValueError``/``TypeError`` that names the argument, what was expected and what
+was given. Under tracing (inside ``jit``/``vmap``/``grad``) value checks are
+skipped, because values are unknown; shape checks still run because shapes are
+static.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__: list[str] = []  # private module
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds concrete values (not a JAX tracer)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_float_array(name: str, x, dtype=None):
+    """Convert ``x`` to a floating JAX array, refusing non-numeric input.
+
+    Integer input is converted to float32; float64 input is kept when x64 is on.
+    """
+    if isinstance(x, str | bytes) or x is None:
+        raise TypeError(f"{name}: expected a numeric array, got {type(x).__name__}")
+    try:
+        arr = jnp.asarray(x)
+    except TypeError as err:
+        raise TypeError(f"{name}: expected a numeric array, got {type(x).__name__}") from err
+    if dtype is not None:
+        return arr.astype(dtype)
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        if not (jnp.issubdtype(arr.dtype, jnp.integer) or arr.dtype == jnp.bool_):
+            raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+        arr = arr.astype(jnp.float32)
+    return arr
+
+
+def check_rank(name: str, x, min_ndim: int, max_ndim: int | None = None, what: str = ""):
+    """Raise unless ``min_ndim <= x.ndim <= max_ndim``."""
+    nd = jnp.ndim(x)
+    hi = min_ndim if max_ndim is None else max_ndim
+    if not (min_ndim <= nd <= hi):
+        want = f"{min_ndim}" if hi == min_ndim else f"{min_ndim} to {hi}"
+        shape_hint = f" {what}" if what else ""
+        raise ValueError(
+            f"{name}: expected {want} dimensions{shape_hint}, got shape {tuple(jnp.shape(x))}"
+        )
+
+
+def check_image(name: str, x, bands: int | None = None, min_ndim: int = 3):
+    """Check an image array ``(..., h, w, bands)`` and return it as float.
+
+    Args:
+      name: argument name used in messages.
+      x: array-like, at least ``min_ndim`` dimensions.
+      bands: expected size of the last axis, or None for any.
+      min_ndim: minimum rank (3 for one image ``(h, w, bands)``).
+    """
+    arr = as_float_array(name, x)
+    if arr.ndim < min_ndim:
+        raise ValueError(
+            f"{name}: expected an image shaped (..., height, width, bands) with at least "
+            f"{min_ndim} dimensions, got shape {arr.shape}; add a trailing band axis with "
+            "x[..., None] for single-band images"
+        )
+    if bands is not None and arr.shape[-1] != bands:
+        raise ValueError(f"{name}: expected {bands} band(s) on the last axis, got shape {arr.shape}")
+    if arr.shape[-2] == 0 or arr.shape[-3] == 0:
+        raise ValueError(f"{name}: image is empty, shape {arr.shape}")
+    return arr
+
+
+def check_finite(name: str, x):
+    """Raise if a concrete array holds NaN or infinity."""
+    if is_concrete(x):
+        a = np.asarray(x)
+        if a.size and not np.all(np.isfinite(a)):
+            n_bad = int(np.sum(~np.isfinite(a)))
+            raise ValueError(f"{name}: expected finite values, found {n_bad} NaN/inf entries")
+    return x
+
+
+def check_positive(name: str, x, allow_zero: bool = False):
+    """Raise if a concrete array has entries <= 0 (or < 0 with ``allow_zero``)."""
+    check_finite(name, x)
+    if is_concrete(x):
+        a = np.asarray(x)
+        bad = (a < 0) if allow_zero else (a <= 0)
+        if a.size and np.any(bad):
+            rel = ">= 0" if allow_zero else "> 0"
+            raise ValueError(
+                f"{name}: expected values {rel}, got min {float(np.min(a)):.6g} "
+                f"({int(np.sum(bad))} offending entries)"
+            )
+    return x
+
+
+def check_range(name: str, x, lo: float, hi: float):
+    """Raise if a concrete array has entries outside ``[lo, hi]``."""
+    check_finite(name, x)
+    if is_concrete(x):
+        a = np.asarray(x)
+        if a.size and (np.min(a) < lo or np.max(a) > hi):
+            raise ValueError(
+                f"{name}: expected values in [{lo}, {hi}], got range "
+                f"[{float(np.min(a)):.6g}, {float(np.max(a)):.6g}]"
+            )
+    return x
+
+
+def mask_nonfinite(name: str, x, mask=None):
+    """Replace NaN/inf pixels by 0 and return ``(clean, mask)`` with a warning.
+
+    ``mask`` is 1 for good pixels and 0 for bad ones (float, same shape as ``x``);
+    an incoming ``mask`` is combined with the non-finite pixels. Works on tracers
+    too (then no warning can be issued).
+
+    Returns:
+      clean: ``x`` with non-finite entries set to 0.
+      mask: float array of the same shape, 1 where the pixel is usable.
+    """
+    arr = jnp.asarray(x)
+    finite = jnp.isfinite(arr)
+    if is_concrete(arr):
+        n_bad = int(np.sum(~np.asarray(finite)))
+        if n_bad:
+            warnings.warn(
+                f"{name}: {n_bad} non-finite pixel(s) were masked (weight 0)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    good = finite.astype(arr.dtype)
+    if mask is not None:
+        good = good * jnp.asarray(mask, arr.dtype)
+    return jnp.where(finite, arr, 0.0), good
+
+
+def check_psf(name: str, psf, bands: int | None = None, normalise: bool = True):
+    """Check a pixelised PSF ``(psf_h, psf_w, bands)`` and normalise it to unit sum.
+
+    A PSF whose per-band sum is not positive, or which is not finite, is refused.
+    With ``normalise=False`` a PSF that does not sum to 1 within 1e-3 is refused.
+    """
+    arr = as_float_array(name, psf)
+    if arr.ndim != 3:
+        raise ValueError(f"{name}: expected shape (psf_h, psf_w, bands), got shape {arr.shape}")
+    if bands is not None and arr.shape[-1] != bands:
+        raise ValueError(f"{name}: expected {bands} band(s) on the last axis, got shape {arr.shape}")
+    check_finite(name, arr)
+    total = jnp.sum(arr, axis=(0, 1))
+    if is_concrete(total):
+        t = np.asarray(total)
+        if np.any(t <= 0):
+            raise ValueError(f"{name}: PSF must sum to a positive value per band, got sums {t}")
+        if not normalise and np.any(np.abs(t - 1) > 1e-3):
+            raise ValueError(f"{name}: PSF must sum to 1 per band, got sums {t}")
+    return arr / total if normalise else arr
