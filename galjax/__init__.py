@@ -1,0 +1,25 @@
+"""galjax: a JAX functional research library for deep generative models of galaxy images.
+
+Subpackages, from the bottom layer up:
+
+- :mod:`galjax.sim`: differentiable galaxy simulator (profiles, PSFs, noise, blends).
+- :mod:`galjax.io`, :mod:`galjax.transforms`: FITS/tables/cutouts, data-set loaders,
+  jit-safe image transforms.
+- :mod:`galjax.train`: the training loop shared by every model.
+- :mod:`galjax.metrics`: MSE, SSIM, flux errors, bits/dim, ROC/AUC.
+- :mod:`galjax.plot`: figures; :mod:`galjax.cli`: the ``galjax`` command.
+
+Images are float32 arrays shaped ``(..., height, width, bands)``; positions are
+``(x, y)`` pixels, 0-based, x = column, pixel centres at integers.
+"""
+
+from importlib import metadata as _metadata
+
+from . import io, metrics, sim, train, transforms
+
+try:
+    __version__ = _metadata.version("galjax")
+except _metadata.PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0+local"
+
+__all__ = ["io", "metrics", "sim", "train", "transforms", "__version__"]

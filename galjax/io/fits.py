@@ -21,11 +21,8 @@ half-written file and a failed write leaves the previous file intact.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,6 +34,7 @@ from astropy.table import Table
 from astropy.wcs import WCS, FITSFixedWarning
 
 from galjax._checks import check_image
+from galjax._files import atomic_write
 
 __all__ = [
     "Cutout",
@@ -230,27 +228,6 @@ def read_fits_stack(path, hdu=None) -> FitsImage:
     return FitsImage(data, header, _celestial_wcs(header))
 
 
-def _atomic_write(path, overwrite: bool, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` on a temporary file beside ``path``, then move it over ``path``.
-
-    The temporary name ends with the destination's name, so astropy picks the same
-    format and compression from the extension.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"path: folder {str(path.parent)!r} does not exist")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"path: {str(path)!r} exists and overwrite=False")
-    tmp = path.parent / f".tmp-{secrets.token_hex(6)}-{path.name}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
-
-
 def _clean_header(header) -> fits.Header:
     if header is None:
         return fits.Header()
@@ -327,7 +304,7 @@ def write_fits(path, image, header=None, wcs=None, overwrite: bool = True, extra
     hdus = [fits.PrimaryHDU(np.ascontiguousarray(data), header=hdr)]
     hdus += [_extra_hdu(i, item) for i, item in enumerate(extra_hdus or ())]
     hdul = fits.HDUList(hdus)
-    return _atomic_write(path, overwrite, lambda tmp: hdul.writeto(tmp, overwrite=True))
+    return atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True), overwrite)
 
 
 def _table_format(path: Path, format):
@@ -390,7 +367,7 @@ def write_table(path, table, overwrite: bool = True, format=None):
             raise TypeError(
                 f"table: expected an astropy Table or columns, got {type(table).__name__}"
             ) from err
-    return _atomic_write(path, overwrite, lambda tmp: table.write(tmp, format=fmt, overwrite=True))
+    return atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True), overwrite)
 
 
 def _cutout_size(size):

@@ -10,13 +10,11 @@ checkpoint intact.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,8 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from galjax._files import atomic_write
 
 __all__ = ["save_checkpoint", "restore_checkpoint", "load_checkpoint_metadata"]
 
@@ -74,21 +74,6 @@ def _sidecar_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path, state, metadata: dict[str, Any] | None = None) -> Path:
     """Save ``state`` atomically to ``path`` (msgpack) plus a JSON sidecar.
 
@@ -136,8 +121,8 @@ def save_checkpoint(path, state, metadata: dict[str, Any] | None = None) -> Path
         }
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, payload)
-    _atomic_write(_sidecar_path(path), (meta_json + "\n").encode())
+    atomic_write(path, lambda tmp: tmp.write_bytes(payload))
+    atomic_write(_sidecar_path(path), lambda tmp: tmp.write_text(meta_json + "\n"))
     return path
 
 

@@ -16,8 +16,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from galjax._files import atomic_write
 from galjax.train.checkpoint import (
-    _atomic_write,
     _to_host,
     load_checkpoint_metadata,
     restore_checkpoint,
@@ -110,7 +110,7 @@ def _load_history(path: Path, upto_step: int, keep: bool) -> dict[str, list]:
                 history[rec["split"]].append(rec)
                 lines.append(line)
     if jax.process_index() == 0:
-        _atomic_write(path, "".join(f"{line}\n" for line in lines).encode())
+        atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in lines)))
     return history
 
 
