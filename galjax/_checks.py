@@ -155,9 +155,9 @@ def check_psf(name: str, psf, bands: int | None = None, normalise: bool = True):
     if bands is not None and arr.shape[-1] != bands:
         raise ValueError(f"{name}: expected {bands} band(s) on the last axis, got shape {arr.shape}")
     check_finite(name, arr)
-    total = jnp.sum(arr, axis=(0, 1))
+    total = jnp.sum(arr, axis=(0, 1), keepdims=True)
     if is_concrete(total):
-        t = np.asarray(total)
+        t = np.asarray(total).ravel()
         if np.any(t <= 0):
             raise ValueError(f"{name}: PSF must sum to a positive value per band, got sums {t}")
         if not normalise and np.any(np.abs(t - 1) > 1e-3):

@@ -94,9 +94,11 @@ def place_stamp(stamp, x, y, height: int, width: int):
     """
     s_h, s_w = stamp.shape[0], stamp.shape[1]
     canvas = jnp.zeros((height + 2 * s_h, width + 2 * s_w, stamp.shape[-1]), stamp.dtype)
-    iy = jnp.round(y).astype(jnp.int32) - (s_h - 1) // 2 + s_h
-    ix = jnp.round(x).astype(jnp.int32) - (s_w - 1) // 2 + s_w
-    canvas = jax.lax.dynamic_update_slice(canvas, stamp, (iy, ix, 0))
+    # Clipped at 0: dynamic_update_slice reads a negative start from the far end, which
+    # would wrap a stamp lying beyond the left/top edge onto the right/bottom edge.
+    iy = jnp.maximum(jnp.round(y).astype(jnp.int32) - (s_h - 1) // 2 + s_h, 0)
+    ix = jnp.maximum(jnp.round(x).astype(jnp.int32) - (s_w - 1) // 2 + s_w, 0)
+    canvas = jax.lax.dynamic_update_slice(canvas, stamp, (iy, ix, jnp.zeros((), iy.dtype)))
     return canvas[s_h : s_h + height, s_w : s_w + width]
 
 
@@ -168,14 +170,15 @@ def simulate_field(
         return img, p._replace(x=xy[0], y=xy[1])
 
     sources, params = jax.vmap(one)(jax.random.split(k_gal, n_max), pos)
-    sources = sources * mask[:, None, None, None]
+    fmask = mask.astype(sources.dtype)  # bool * float is an error under strict promotion
+    sources = sources * fmask[:, None, None, None]
     noiseless = sources.sum(axis=0)
     sky = jnp.asarray(survey.sky_sigma, jnp.float32)
     sigma = jnp.sqrt(noise_variance(noiseless, sky, survey.gain))
     image = add_noise(k_noise, noiseless, sky, survey.gain)
     ref = min(2, survey.n_bands - 1) if survey.n_bands > 1 else 0
-    snr = jax.vmap(lambda src: _snr(src, sky, survey.gain))(sources)[:, ref] * mask
-    fluxes = params.flux * mask[:, None]
+    snr = jax.vmap(lambda src: _snr(src, sky, survey.gain))(sources)[:, ref] * fmask
+    fluxes = params.flux * fmask[:, None]
     return Field(image, noiseless, sigma, sources, pos, fluxes, mask, snr, params)
 
 

@@ -28,7 +28,9 @@ def noise_variance(image, sky_sigma, gain=None):
     """
     var = jnp.broadcast_to(jnp.asarray(sky_sigma, image.dtype) ** 2, image.shape)
     if gain is not None:
-        var = var + jnp.maximum(image, 0.0) / jnp.asarray(gain, image.dtype)
+        var = var + jnp.maximum(image, 0.0) / jnp.broadcast_to(
+            jnp.asarray(gain, image.dtype), image.shape
+        )
     return var
 
 
@@ -51,10 +53,12 @@ def add_noise(key, image, sky_sigma, gain=None, poisson: str = "gaussian"):
     (8, 8, 1)
     """
     k_sky, k_src = jax.random.split(key)
-    sky = jnp.asarray(sky_sigma, image.dtype) * jax.random.normal(k_sky, image.shape, image.dtype)
+    # Explicit broadcasting of per-band (bands,) values (rank promotion may be an error).
+    sky_sigma = jnp.broadcast_to(jnp.asarray(sky_sigma, image.dtype), image.shape)
+    sky = sky_sigma * jax.random.normal(k_sky, image.shape, image.dtype)
     if gain is None:
         return image + sky
-    gain = jnp.asarray(gain, image.dtype)
+    gain = jnp.broadcast_to(jnp.asarray(gain, image.dtype), image.shape)
     src = jnp.maximum(image, 0.0)
     if poisson == "gaussian":
         noise = jnp.sqrt(src / gain) * jax.random.normal(k_src, image.shape, image.dtype)

@@ -163,7 +163,10 @@ def _block_mean(a, kh: int, kw: int, r: int):
 
 def _update(a, patch, start):
     """Write ``patch`` into ``a`` at ``start = (x, y)`` (rows = y), any trailing axes."""
-    return jax.lax.dynamic_update_slice(a, patch, (start[1], start[0]) + (0,) * (a.ndim - 2))
+    # Trailing indices share start's dtype: a Python 0 becomes int64 under x64, and mixed
+    # index dtypes are a TypeError.
+    tail = (jnp.zeros((), start.dtype),) * (a.ndim - 2)
+    return jax.lax.dynamic_update_slice(a, patch, (start[1], start[0]) + tail)
 
 
 def _refine(sb_fn, centre, origin, cell: float, k: int, r: int, levels: int):
@@ -244,7 +247,7 @@ def pixelate(
         vals = _update(vals + _laplacian(vals) / 24.0, inner, start)
         return _block_mean(vals, height, width, s)
     lap = _laplacian(_update(vals, inner, start))
-    tail = (0,) * (vals.ndim - 2)
+    tail = (jnp.zeros((), start.dtype),) * (vals.ndim - 2)  # index dtypes must match
     lap_block = jax.lax.dynamic_slice(lap, (start[1], start[0]) + tail, inner.shape)
     return _update(vals, inner - lap_block / 24.0, start)
 

@@ -106,7 +106,7 @@ def gaussian_psf(fwhm, size: int = 25, oversample: int = 1, normalise: bool = Tr
     Returns ``(size * oversample, size * oversample, bands)``.
     """
     fwhm = jnp.atleast_1d(jnp.asarray(fwhm, jnp.float32))[None, None, :]
-    sigma = fwhm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    sigma = fwhm / (2.0 * float(np.sqrt(2.0 * np.log(2.0))))  # a Python float keeps fwhm's dtype
     return _render_psf(
         lambda x, y: (
             jnp.exp(-0.5 * (x[..., None] ** 2 + y[..., None] ** 2) / sigma**2)
@@ -163,8 +163,9 @@ def convolve_fft(image, kernel, shift=None):
     prod = _lead(fi, nd) * _lead(fk, nd)
     if shift is not None:
         shift = jnp.asarray(shift)
-        fy = jnp.fft.fftfreq(ph).reshape(ph, 1, 1)
-        fx = jnp.fft.rfftfreq(pw).reshape(1, pw // 2 + 1, 1)
+        # Frequencies in shift's dtype (the default float64 under x64 would not promote).
+        fy = jnp.fft.fftfreq(ph, dtype=shift.dtype).reshape(ph, 1, 1)
+        fx = jnp.fft.rfftfreq(pw, dtype=shift.dtype).reshape(1, pw // 2 + 1, 1)
         sx = shift[..., 0].reshape(shift.shape[:-1] + (1, 1, 1))
         sy = shift[..., 1].reshape(shift.shape[:-1] + (1, 1, 1))
         phase = -2.0 * jnp.pi * (_lead(fx, sx.ndim) * sx + _lead(fy, sy.ndim) * sy)

@@ -242,8 +242,9 @@ def sample_galaxy(key, survey: Survey = LSST_R, x=None, y=None, detail: bool | N
     )
     hlr_pix = jnp.clip(10.0**log_hlr / survey.pixel_scale, 0.6, 0.22 * survey.stamp_size)
     # Per-band fluxes: colour relative to the reference band, redder bulges.
-    steps = jnp.arange(nb, dtype=jnp.float32) - ref
-    zp = jnp.asarray(survey.zeropoint, jnp.float32)
+    # Default float dtype like the random draws (float64 under x64: no mixed promotion).
+    steps = jnp.arange(nb, dtype=float) - ref
+    zp = jnp.asarray(survey.zeropoint, float)
     colour = survey.colour_slope * steps + survey.colour_scatter * jax.random.normal(ks[2], (nb,))
     colour = colour - colour[ref]
     flux = flux_ref * 10.0 ** (-0.4 * (colour - (zp - zp[ref])))
@@ -287,7 +288,7 @@ def sample_galaxy(key, survey: Survey = LSST_R, x=None, y=None, detail: bool | N
             jnp.float32
         ),
         clump_weight=weights.astype(jnp.float32),
-        arm_amp=f32(u(ks[17], 0.3, 0.8) if detail else 0.0) * (1.0 - bt),
+        arm_amp=f32((u(ks[17], 0.3, 0.8) if detail else 0.0) * (1.0 - bt)),
         arm_pitch=f32(u(ks[18], 0.2, 0.5)),
         arm_phase=f32(u(ks[19], 0.0, 2 * jnp.pi)),
     )

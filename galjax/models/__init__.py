@@ -1,0 +1,31 @@
+"""Model architectures (Flax Linen) and their likelihoods as pure functions.
+
+- :mod:`galjax.models.vae`: galaxy VAE with a per-pixel Gaussian likelihood.
+- :mod:`galjax.models.flow`: coupling normalizing flow (distrax) as a latent prior.
+- :mod:`galjax.models.store`: model directories (config + weights + version).
+"""
+
+from .flow import FlowConfig, FlowPrior, flow_distribution, init_flow, log_prior, sample_prior
+from .store import MODEL_FORMAT, GalaxyModel, default_model_dir, load_model, save_model
+from .vae import (
+    LSST_CONV,
+    REGIER_MLP,
+    VAE,
+    ElboTerms,
+    VAEConfig,
+    decode,
+    elbo,
+    encode,
+    gaussian_loglik,
+    init_vae,
+    kl_normal,
+    reconstruct,
+    sample,
+)
+
+__all__ = [
+    "MODEL_FORMAT", "GalaxyModel", "default_model_dir", "load_model", "save_model",
+    "FlowConfig", "FlowPrior", "flow_distribution", "init_flow", "log_prior", "sample_prior",
+    "LSST_CONV", "REGIER_MLP", "VAE", "ElboTerms", "VAEConfig", "decode", "elbo", "encode",
+    "gaussian_loglik", "init_vae", "kl_normal", "reconstruct", "sample",
+]  # fmt: skip

@@ -1,0 +1,253 @@
+"""Training recipes for the galaxy models: data, losses and the staged MADNESS schedule.
+
+1. :func:`train_vae`: the VAE on isolated simulated galaxies (noise drawn afresh
+   for every batch; denoising target by default).
+2. :func:`train_flow`: the flow prior on the encoder's posterior means.
+3. :func:`train_init_encoder`: a copy of the encoder retrained on cutouts of
+   blended fields (decoder frozen) to initialise the MAP deblender.
+
+Each recipe is a thin composition of :func:`galjax.train.fit` with a loss
+function; the command line (``galjax train``) records the configs and seeds.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..models.flow import FlowConfig, init_flow, log_prior
+from ..models.vae import VAEConfig, decode, elbo, encode, init_vae
+from ..sim.blend import simulate_field
+from ..sim.galaxy import render_galaxy
+from ..sim.noise import noise_variance
+from ..sim.survey import Survey, sample_galaxy
+from .config import TrainConfig
+from .loop import fit
+from .state import init_state, make_train_step
+
+__all__ = [
+    "make_stamps",
+    "make_blend_cutouts",
+    "vae_loss",
+    "train_vae",
+    "encode_dataset",
+    "train_flow",
+    "train_init_encoder",
+    "cutout_stamps",
+]
+
+
+def _batched(fn, keys, chunk: int, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    out = []
+    rng = range(0, keys.shape[0], chunk)
+    for i in tqdm(rng, desc=desc, disable=not progress):
+        k = keys[i : i + chunk]
+        n = k.shape[0]
+        if n < chunk:  # pad to keep one compiled shape
+            k = jnp.concatenate([k, jnp.broadcast_to(k[:1], (chunk - n,))])
+        out.append(jax.tree.map(lambda a, n=n: np.asarray(a[:n]), fn(k)))
+    return jax.tree.map(lambda *a: np.concatenate(a), *out)
+
+
+def make_stamps(key, survey: Survey, n: int, chunk: int = 512, progress: bool = True):
+    """Noiseless isolated galaxies centred exactly on the stamp centre.
+
+    Returns ``{"image": (n, s, s, bands), "flux": (n, bands)}`` numpy arrays
+    (PSF-convolved with the survey PSF).
+    """
+    s = survey.stamp_size
+    c = (s - 1) / 2.0
+    psf = survey.psf()
+
+    def one(k):
+        p = sample_galaxy(k, survey, x=c, y=c)
+        img = render_galaxy(p, s, s, psf, survey.render.oversample, survey.render, survey.n_arms)
+        return {"image": img, "flux": p.flux}
+
+    keys = jax.random.split(key, n)
+    return _batched(jax.jit(jax.vmap(one)), keys, chunk, progress, "rendering stamps")
+
+
+def cutout_stamps(field, positions, size: int):
+    """``size x size`` cutouts of ``field (h, w, b)`` centred on ``round(positions) (n, 2)``.
+
+    Pixels outside the field are zero. Returns ``(n, size, size, b)``.
+    """
+    half = (size - 1) // 2
+    padded = jnp.pad(field, ((size, size), (size, size), (0, 0)))
+    ij = jnp.round(positions).astype(jnp.int32) - half + size
+
+    def one(xy):
+        return jax.lax.dynamic_slice(padded, (xy[1], xy[0], 0), (size, size, field.shape[-1]))
+
+    return jax.vmap(one)(ij)
+
+
+def make_blend_cutouts(
+    key, survey: Survey, n_fields: int, n_max: int = 4, chunk: int = 128, progress: bool = True
+):
+    """Cutouts around every source of simulated blended fields, with their truth.
+
+    Returns numpy ``{"cutout": (m, s, s, b) noisy blended, "target": (m, s, s, b)
+    the source alone (noiseless), "sigma": (m, s, s, b)}``, ``m`` = number of real
+    sources.
+    """
+    s = survey.stamp_size
+    psf = survey.psf()
+
+    def one(k):
+        f = simulate_field(k, survey, n_max, psf=psf)
+        cut = cutout_stamps(f.image, f.positions, s)
+        sig = cutout_stamps(f.sigma, f.positions, s)
+        tgt = jax.vmap(lambda src, xy: cutout_stamps(src, xy[None], s)[0])(f.sources, f.positions)
+        return {"cutout": cut, "target": tgt, "sigma": sig, "mask": f.mask}
+
+    keys = jax.random.split(key, n_fields)
+    out = _batched(jax.jit(jax.vmap(one)), keys, chunk, progress, "simulating blends")
+    m = out.pop("mask").reshape(-1)
+    return {k: v.reshape((-1,) + v.shape[2:])[m] for k, v in out.items()}
+
+
+def vae_loss(config: VAEConfig, survey: Survey, kl_weight: float = 1.0, denoise: bool = True):
+    """``loss_fn(params, key, batch)`` = mean negative ELBO per pixel, noise drawn afresh.
+
+    ``batch["image"]`` holds noiseless stamps; the noise is
+    ``N(0, sky^2 + image / gain)``. With ``denoise`` the likelihood scores the
+    noiseless image (MADNESS), otherwise the noisy one (Regier et al.).
+    """
+    sky = jnp.asarray(survey.sky_sigma, jnp.float32)
+    npix = config.stamp_size**2 * config.bands
+
+    def loss_fn(params, key, batch):
+        k_noise, k_z = jax.random.split(key)
+        clean = batch["image"]
+        sigma = jnp.sqrt(noise_variance(clean, sky, survey.gain))
+        noisy = clean + sigma * jax.random.normal(k_noise, clean.shape, clean.dtype)
+        target = clean if denoise else noisy
+        t = elbo(k_z, params, config, noisy, target=target, sigma=sigma, kl_weight=kl_weight)
+        loss = -jnp.mean(t.elbo) / npix
+        return loss, {"nll_per_pixel": -jnp.mean(t.loglik) / npix, "kl": jnp.mean(t.kl)}
+
+    return loss_fn
+
+
+def _adam(lr: float, n_steps: int):
+    sched = optax.cosine_decay_schedule(lr, n_steps, alpha=0.05)
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched))
+
+
+def train_vae(
+    key,
+    stamps,
+    survey: Survey,
+    config: VAEConfig,
+    train: TrainConfig,
+    lr: float = 1e-3,
+    kl_weight: float = 1.0,
+    denoise: bool = True,
+    eval_stamps=None,
+    workdir=None,
+    progress: bool = True,
+):
+    """Fit the VAE to noiseless stamps (noise added per batch); returns ``(params, history)``."""
+    k_init, k_fit = jax.random.split(key)
+    tx = _adam(lr, train.n_steps)
+    loss_fn = vae_loss(config, survey, kl_weight, denoise)
+    state = init_state(init_vae(k_init, config), tx)
+    step = make_train_step(loss_fn, tx)
+    eval_fn = None
+    if eval_stamps is not None:
+        eval_fn = lambda k, st, b: (
+            loss_fn(st.params, k, b)[1] | {"loss": loss_fn(st.params, k, b)[0]}
+        )
+    state, hist = fit(
+        k_fit,
+        state,
+        step,
+        stamps,
+        train,
+        eval_fn=eval_fn,
+        eval_data=eval_stamps,
+        workdir=workdir,
+        progress=progress,
+    )
+    return state.params, hist
+
+
+def encode_dataset(params, config: VAEConfig, images, chunk: int = 1024):
+    """Posterior means ``g_mu(x)`` of many images, in chunks: ``(n, latent_dim)`` numpy."""
+    f = jax.jit(lambda x: encode(params, config, x)[0])
+    return np.concatenate(
+        [np.asarray(f(images[i : i + chunk])) for i in range(0, len(images), chunk)]
+    )
+
+
+def train_flow(
+    key,
+    latents,
+    config: FlowConfig,
+    train: TrainConfig,
+    lr: float = 1e-3,
+    workdir=None,
+    progress: bool = True,
+):
+    """Fit the flow prior to latents ``(n, dim)`` by maximum likelihood."""
+    k_init, k_fit = jax.random.split(key)
+    tx = _adam(lr, train.n_steps)
+
+    def loss_fn(params, key, batch):
+        lp = log_prior(params, config, batch["z"])
+        return -jnp.mean(lp) / config.dim, {}
+
+    state = init_state(init_flow(k_init, config), tx)
+    state, hist = fit(
+        k_fit,
+        state,
+        make_train_step(loss_fn, tx),
+        {"z": jnp.asarray(latents)},
+        train,
+        workdir=workdir,
+        progress=progress,
+    )
+    return state.params, hist
+
+
+def train_init_encoder(
+    key,
+    vae_params,
+    config: VAEConfig,
+    cutouts,
+    train: TrainConfig,
+    lr: float = 5e-4,
+    workdir=None,
+    progress: bool = True,
+):
+    """Retrain the encoder on blended cutouts with the decoder frozen (MADNESS stage 3).
+
+    Loss: ``chi^2(target, f_mu(g_mu(cutout))) / n_pixels`` with the cutouts' noise;
+    returns the full VAE parameter tree with the new encoder.
+    """
+    tx = optax.multi_transform(
+        {"train": _adam(lr, train.n_steps), "frozen": optax.set_to_zero()},
+        {k: ("train" if k == "encoder" else "frozen") for k in vae_params},
+    )
+    npix = config.stamp_size**2 * config.bands
+
+    def loss_fn(params, key, batch):
+        mu, _ = encode(params, config, batch["cutout"])
+        f_mu, _ = decode(params, config, mu)
+        # Cutouts reaching past the field edge have sigma = 0 there: weight 0, not inf.
+        sig = batch["sigma"]
+        ivar = jnp.where(sig > 0, 1.0 / jnp.where(sig > 0, sig, 1.0) ** 2, 0.0)
+        chi2 = jnp.sum((batch["target"] - f_mu) ** 2 * ivar, axis=(-3, -2, -1))
+        return jnp.mean(chi2) / npix, {}
+
+    state = init_state(vae_params, tx)
+    state, hist = fit(
+        key, state, make_train_step(loss_fn, tx), cutouts, train, workdir=workdir, progress=progress
+    )
+    return state.params, hist

@@ -1,0 +1,170 @@
+"""MAP deblending: objective, stopping rule, vmap/chunk/sharding invariance, Laplace, bad input."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from galjax.deblend import (
+    DeblendConfig,
+    cutouts,
+    deblend,
+    deblend_field,
+    laplace,
+    render_sources,
+    shift_stamp,
+)
+from galjax.models import FlowConfig, GalaxyModel, VAEConfig, init_flow, init_vae
+
+CFG = VAEConfig(stamp_size=15, latent_dim=4, hidden=(16,), enc_channels=(4, 8),
+                dec_channels=(8, 4), dec_start=4, scale=1.0)  # fmt: skip
+FLOW = FlowConfig(dim=4, n_layers=2, hidden=(8,))
+FAST = DeblendConfig(n_steps=30, chunk=2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    k = jax.random.key(3)
+    return GalaxyModel(CFG, init_vae(k, CFG), FLOW, init_flow(k, FLOW))
+
+
+@pytest.fixture(scope="module")
+def scene(model):
+    """Fields made by the model itself from known latents, so the truth is reachable."""
+    k = jax.random.key(7)
+    n, n_max, h = 3, 2, 24
+    z = jax.random.normal(k, (n, n_max, 4))
+    pos = jnp.array([[[7.3, 8.0], [15.6, 14.2]], [[11.0, 11.0], [0.0, 0.0]], [[6.0, 16.0], [17.2, 6.8]]])
+    mask = jnp.array([[True, True], [True, False], [True, True]])
+    src = jax.vmap(lambda zz, p, m: render_sources(model.vae_params, CFG, zz, p, m, h, h))(z, pos, mask)
+    clean = src.sum(axis=1)
+    sigma = 0.01 * float(jnp.abs(clean).max()) + jnp.zeros_like(clean)
+    noisy = clean + sigma * jax.random.normal(k, clean.shape)
+    return dict(z=z, pos=np.asarray(pos), mask=np.asarray(mask), src=src, clean=clean,
+                sigma=np.asarray(sigma), field=np.asarray(noisy))  # fmt: skip
+
+
+def test_shift_stamp_integer_shift_is_a_roll():
+    img = jnp.zeros((15, 15, 1)).at[7, 7, 0].set(1.0).at[6, 8, 0].set(0.5)
+    out = shift_stamp(img, jnp.array([1.0, -2.0]))
+    np.testing.assert_allclose(out, jnp.roll(img, (-2, 1), axis=(0, 1)), atol=1e-5)
+
+
+def test_cutouts_centred_and_zero_outside():
+    field = jnp.arange(20 * 30, dtype=jnp.float32).reshape(20, 30, 1)
+    c = cutouts(field, jnp.array([[10.2, 5.7], [0.0, 0.0]]), 5)
+    np.testing.assert_array_equal(c[0, 2, 2, 0], field[6, 10, 0])
+    assert float(c[1, 0, 0, 0]) == 0.0 and float(c[1, 2, 2, 0]) == float(field[0, 0, 0])
+
+
+def test_deblend_lowers_the_objective_and_fits(model, scene):
+    res = deblend(model, scene["field"], scene["pos"], scene["mask"], sigma=scene["sigma"],
+                  config=FAST, progress=False)  # fmt: skip
+    assert res.models.shape == (3, 2, 24, 24, 1)
+    assert res.fluxes.shape == (3, 2, 1) and res.latents.shape == (3, 2, 4)
+    hist = res.loss_history
+    assert np.all(hist[:, -1] <= hist[:, 0])
+    # Padded sources have no image.
+    assert np.all(res.models[1, 1] == 0)
+    np.testing.assert_allclose(
+        res.residual, scene["field"] - res.models.sum(axis=1), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_vmapped_call_equals_loop_and_chunking(model, scene):
+    a = deblend(model, scene["field"], scene["pos"], scene["mask"], sigma=scene["sigma"],
+                config=FAST, progress=False)  # fmt: skip
+    b = deblend(model, scene["field"], scene["pos"], scene["mask"], sigma=scene["sigma"],
+                config=DeblendConfig(n_steps=30, chunk=3), progress=False)  # fmt: skip
+    ivar = 1 / scene["sigma"] ** 2
+    c = deblend_field(model, scene["field"][2], scene["pos"][2], scene["mask"][2], ivar[2],
+                      config=FAST)  # fmt: skip
+    np.testing.assert_allclose(a.latents, b.latents, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.latents[2], c.latents, rtol=1e-4, atol=1e-5)
+
+
+def test_stopping_rule_freezes_fields(model, scene):
+    cfg = DeblendConfig(n_steps=60, patience=3, tol=1e-2, chunk=3)
+    res = deblend(model, scene["field"], scene["pos"], scene["mask"], sigma=scene["sigma"],
+                  config=cfg, progress=False)  # fmt: skip
+    assert np.all(res.converged) and np.all(res.n_iter < 60)
+    for i, n in enumerate(res.n_iter):  # history constant after the stop
+        assert np.all(res.loss_history[i, n:] == res.loss_history[i, n - 1])
+
+
+def test_on_chunk_receives_every_field(model, scene):
+    seen = []
+    deblend(model, scene["field"], scene["pos"], scene["mask"], sigma=scene["sigma"], config=FAST,
+            on_chunk=lambda start, r: seen.append((start, r.fluxes.shape[0])), progress=False)  # fmt: skip
+    assert seen == [(0, 2), (2, 1)]
+
+
+def test_laplace_flux_errors_and_samples(model, scene):
+    ivar = 1 / scene["sigma"] ** 2
+    res = deblend_field(model, scene["field"][0], scene["pos"][0], scene["mask"][0], ivar[0],
+                        config=DeblendConfig(n_steps=100))  # fmt: skip
+    lp = laplace(jax.random.key(0), model, res, scene["pos"][0], ivar[0], n_samples=400)
+    assert lp.cov.shape == (8, 8) and lp.samples.shape == (400, 2, 24, 24, 1)
+    assert np.all(np.linalg.eigvalsh(np.asarray(lp.cov)) > 0)
+    # The linearised flux error agrees with the spread of the posterior samples.
+    spread = np.std(np.asarray(lp.sample_fluxes), axis=0)
+    np.testing.assert_allclose(spread, lp.flux_err, rtol=0.25)
+
+
+def test_bad_inputs(model, scene):
+    f, p, m, s = scene["field"], scene["pos"], scene["mask"], scene["sigma"]
+    with pytest.raises(ValueError, match="positions"):
+        deblend(model, f, p + 100.0, m, sigma=s, progress=False)
+    with pytest.raises(ValueError, match="sigma"):
+        deblend(model, f, p, m, sigma=-1.0, progress=False)
+    with pytest.raises(ValueError, match="sigma/ivar"):
+        deblend(model, f, p, m, progress=False)
+    with pytest.raises(ValueError, match="band"):
+        deblend(model, np.repeat(f, 2, axis=-1), p, m, sigma=s, progress=False)
+    with pytest.raises(ValueError, match="max_sources"):
+        deblend(model, f, p, m, sigma=s, max_sources=1, progress=False)
+    with pytest.raises(ValueError, match="mask"):
+        deblend(model, f, p, m[:, :1], sigma=s, progress=False)
+    bad = f.copy()
+    bad[0, 3, 3, 0] = np.nan
+    with pytest.warns(RuntimeWarning, match="fields"):
+        res = deblend(model, bad, p, m, sigma=s, config=FAST, progress=False)
+    assert np.all(np.isfinite(res.latents))
+
+
+def test_sharded_run_equals_single_device(tmp_path):
+    code = textwrap.dedent(
+        """
+        import os, sys
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+        import jax, numpy as np
+        sys.path.insert(0, %r)
+        from test_deblend import CFG, FLOW
+        from galjax.deblend import DeblendConfig, deblend
+        from galjax.models import GalaxyModel, init_flow, init_vae
+        assert jax.device_count() == 4
+        k = jax.random.key(3)
+        model = GalaxyModel(CFG, init_vae(k, CFG), FLOW, init_flow(k, FLOW))
+        rng = np.random.default_rng(0)
+        fields = rng.normal(size=(6, 24, 24, 1)).astype(np.float32)
+        pos = rng.uniform(4, 19, size=(6, 2, 2)).astype(np.float32)
+        cfg = DeblendConfig(n_steps=20, chunk=4)
+        a = deblend(model, fields, pos, sigma=1.0, config=cfg, progress=False)
+        mesh1 = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+        b = deblend(model, fields, pos, sigma=1.0, config=cfg, mesh=mesh1, progress=False)
+        np.testing.assert_allclose(a.latents, b.latents, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.fluxes, b.fluxes, rtol=1e-5, atol=1e-5)
+        print("OK")
+        """
+        % os.path.dirname(__file__)
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK" in out.stdout
