@@ -113,11 +113,9 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) 
     """Plain-text table: ``columns`` are ``(key, header, format spec)``."""
     cells = [[h for _, h, _ in columns]]
     for r in rows:
-        cells.append(
-            [("-" if r.get(k) is None else format(r[k], fmt)) for k, _, fmt in columns]
-        )
+        cells.append([("-" if r.get(k) is None else format(r[k], fmt)) for k, _, fmt in columns])
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

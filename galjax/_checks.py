@@ -72,7 +72,9 @@ def check_image(name: str, x, bands: int | None = None, min_ndim: int = 3):
             "x[..., None] for single-band images"
         )
     if bands is not None and arr.shape[-1] != bands:
-        raise ValueError(f"{name}: expected {bands} band(s) on the last axis, got shape {arr.shape}")
+        raise ValueError(
+            f"{name}: expected {bands} band(s) on the last axis, got shape {arr.shape}"
+        )
     if arr.shape[-2] == 0 or arr.shape[-3] == 0:
         raise ValueError(f"{name}: image is empty, shape {arr.shape}")
     return arr
@@ -153,7 +155,9 @@ def check_psf(name: str, psf, bands: int | None = None, normalise: bool = True):
     if arr.ndim != 3:
         raise ValueError(f"{name}: expected shape (psf_h, psf_w, bands), got shape {arr.shape}")
     if bands is not None and arr.shape[-1] != bands:
-        raise ValueError(f"{name}: expected {bands} band(s) on the last axis, got shape {arr.shape}")
+        raise ValueError(
+            f"{name}: expected {bands} band(s) on the last axis, got shape {arr.shape}"
+        )
     check_finite(name, arr)
     total = jnp.sum(arr, axis=(0, 1), keepdims=True)
     if is_concrete(total):

@@ -71,6 +71,9 @@ __all__ = [
     "gaussian_best_sigma_loglik",
     "fit_scene",
     "segmentation_fluxes",
+    "GAUSSIAN_RENDER",
+    "SCENE_RENDER",
+    "SCENE_N_RANGE",
 ]
 
 _F32 = jnp.float32
@@ -85,7 +88,7 @@ SCENE_N_RANGE = (0.5, 6.0)
 _E_MAX = 0.95  # largest |e| reachable by the fits: |e| -> 1 is a degenerate line
 
 
-def _STANDARD_PROMOTION():
+def _standard_promotion():
     # Batching the renderer's dynamic_update_slice concatenates its int32 start
     # indices with a Python 0, which is int64 under x64: strict dtype promotion
     # refuses that, so rendering (all float32) is traced under standard promotion.
@@ -246,8 +249,7 @@ def _check_positions(positions, mask, image_shape):
     pos = as_float_array("positions", positions)
     if pos.ndim < 2 or pos.shape[-1] != 2 or pos.shape[:-2] != batch:
         raise ValueError(
-            f"positions: expected shape {batch + ('n_max', 2)} of (x, y) pixels, "
-            f"got {pos.shape}"
+            f"positions: expected shape {batch + ('n_max', 2)} of (x, y) pixels, got {pos.shape}"
         )
     n_max = pos.shape[-2]
     if n_max < 1:
@@ -257,7 +259,9 @@ def _check_positions(positions, mask, image_shape):
     else:
         m = jnp.asarray(mask)
         if m.shape != pos.shape[:-1]:
-            raise ValueError(f"mask: expected shape {pos.shape[:-1]} (one per source), got {m.shape}")
+            raise ValueError(
+                f"mask: expected shape {pos.shape[:-1]} (one per source), got {m.shape}"
+            )
         if m.dtype != jnp.bool_:
             m = m != 0
     if is_concrete(pos) and is_concrete(m):
@@ -428,7 +432,7 @@ def _gaussian_template(x, y, cov, h, w, psf, config):
     """Unit-flux Gaussian ``(h, w, 1 or bands)``, pixel-integrated, PSF-convolved."""
     sb = _gaussian_unit_sb(cov)
     centre = jnp.stack([x, y]).astype(_F32)
-    with _STANDARD_PROMOTION():
+    with _standard_promotion():
         return render(sb, centre, h, w, psf, 1, config)
 
 
@@ -464,8 +468,8 @@ def render_gaussian(params: GaussianParams, height: int, width: int, psf=None, c
         c = np.asarray(cov)
         if not (np.all(np.isfinite(c)) and c[0, 0] > 0 and np.linalg.det(c) > 0):
             raise ValueError(f"params.cov: expected a positive-definite matrix, got {c.tolist()}")
-    psf = _check_odd_psf(psf)
     flux = jnp.atleast_1d(jnp.asarray(params.flux, _F32))
+    psf = _check_odd_psf(psf, flux.shape[-1])
     return _render_gaussian(flux, params.x, params.y, cov, psf, height, width, cfg)
 
 
@@ -656,7 +660,9 @@ def gaussian_best_sigma_loglik(image, model, mask=None):
     image = check_image("image", image)
     model = check_image("model", model)
     if image.shape != model.shape:
-        raise ValueError(f"image, model: expected equal shapes, got {image.shape} and {model.shape}")
+        raise ValueError(
+            f"image, model: expected equal shapes, got {image.shape} and {model.shape}"
+        )
     dtype = np.promote_types(image.dtype, model.dtype)
     image, model = image.astype(dtype), model.astype(dtype)
     m = None
@@ -727,9 +733,9 @@ def _unit_sersic_sb(hlr, n, e1, e2):
     ``sersic_sb`` solves for ``b_n`` (six Newton steps through ``gammainc`` and an
     implicit gradient through its derivative in ``a``) on every call, and
     ``pixelate`` calls the profile once per refinement level: inside an optimiser
-    loop that dominates compile time. Here ``b_n`` is linearly interpolated in a
-    table of ``sersic_bn`` (1024 points: error ~1e-6, negligible against the fit);
-    the formula is otherwise the same (tested against ``sersic_sb``).
+    loop that adds to compile and run time. Here ``b_n`` is linearly interpolated
+    in a table (1024 points: error ~1e-6, negligible against the fit); the formula
+    is otherwise the same (tested against ``sersic_sb``).
     """
     grid, table = _sersic_bn_table()
     b = jnp.interp(n, jnp.asarray(grid), jnp.asarray(table))
@@ -749,8 +755,8 @@ def _scene_templates(s, positions, active, h, w, psf, profile, stamp, max_offset
     """Unit-flux source images ``(n_max, h, w, 1 or bands)``, float32, PSF-convolved.
 
     Each source is rendered into a ``stamp x stamp`` cut-out whose central pixel is
-    placed on the source's nearest field pixel; the cut-outs are summed into the
-    field and convolved with the PSF at field level (one batched FFT).
+    placed on the source's nearest field pixel; the per-source fields are convolved
+    with the PSF at field level (one FFT batched over sources).
     """
     pos = positions.astype(_F32)
     x, y, hlr, n, e1, e2 = _scene_shapes(s, pos, profile, max_offset)
@@ -764,7 +770,7 @@ def _scene_templates(s, positions, active, h, w, psf, profile, stamp, max_offset
         else:  # hlr = sigma sqrt(2 ln 2) for a Gaussian
             sig = hlr / math.sqrt(2.0 * math.log(2.0))
             sb = lambda dx, dy: gaussian_sb(dx, dy, 1.0, sig, e1, e2)[..., None]
-        with _STANDARD_PROMOTION():
+        with _standard_promotion():
             img = render(sb, centre, stamp, stamp, None, 1, config)
             return place_stamp(img, px, py, h, w)
 

@@ -36,6 +36,7 @@ from .models.flow import log_prior
 from .models.store import GalaxyModel
 from .models.vae import decode, encode
 from .sim.psf import convolve_fft, fft_size
+from .transforms import cutouts
 
 __all__ = [
     "DeblendConfig",
@@ -45,8 +46,8 @@ __all__ = [
     "deblend_field",
     "render_sources",
     "shift_stamp",
-    "cutouts",
     "laplace",
+    "evaluate",
 ]
 
 
@@ -126,21 +127,6 @@ def shift_stamp(stamp, shift):
     delta = jnp.zeros((1, 1, stamp.shape[-1]), stamp.dtype).at[0, 0].set(1.0)
     out = convolve_fft(jnp.pad(stamp, ((0, n - s), (0, n - s), (0, 0))), delta, shift=shift)
     return out[:s, :s]
-
-
-def cutouts(field, positions, size: int):
-    """``size x size`` cutouts of ``field (h, w, b)`` centred on ``round(positions) (n, 2)``.
-
-    Pixels outside the field are zero. Returns ``(n, size, size, b)``.
-    """
-    half = (size - 1) // 2
-    padded = jnp.pad(field, ((size, size), (size, size), (0, 0)))
-    ij = jnp.round(positions).astype(jnp.int32) - half + size
-
-    def one(xy):
-        return jax.lax.dynamic_slice(padded, (xy[1], xy[0], 0), (size, size, field.shape[-1]))
-
-    return jax.vmap(one)(ij)
 
 
 def _place(stamp, pos, h: int, w: int):
@@ -223,7 +209,8 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
         loss, g = loss_grad(st.z, arrays, static)
         upd, opt = tx.update(g, st.opt, st.z)
         z = optax.apply_updates(st.z, upd)
-        improved = loss < st.best - cfg.tol * jnp.abs(st.best)
+        # The first step always counts (best starts at inf, and inf - tol * inf is NaN).
+        improved = (st.step == 0) | (loss < st.best - cfg.tol * jnp.abs(st.best))
         return _LoopState(
             st.step + 1,
             z,
@@ -397,8 +384,9 @@ class LaplaceResult(NamedTuple):
     Attributes:
       cov: ``(n_max * d, n_max * d)`` latent covariance (inverse Gauss-Newton Hessian).
       flux_err: ``(n_max, bands)`` 1-sigma flux uncertainty (linearised).
-      samples: ``(n_samples, n_max, h, w, bands)`` posterior samples of the source images.
-      sample_fluxes: ``(n_samples, n_max, bands)`` their fluxes.
+      samples: ``(n_samples, n_max, h, w, bands)`` posterior samples of the source
+        images (None when ``n_samples = 0``).
+      sample_fluxes: ``(n_samples, n_max, bands)`` their fluxes (or None).
     """
 
     cov: jax.Array
@@ -423,14 +411,18 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     n_max, d = z.shape
 
     def sources(zf):
-        return render_sources(model.vae_params, vcfg, zf.reshape(n_max, d), positions, mask, h, w, psf)
+        return render_sources(
+            model.vae_params, vcfg, zf.reshape(n_max, d), positions, mask, h, w, psf
+        )
 
     zf = z.reshape(-1)
     jac = jax.jacfwd(sources)(zf)  # (n_max, h, w, b, n_max * d)
     jt = jnp.sum(jac, axis=0).reshape(-1, zf.size)  # d(total model) / dZ
     hess = jt.T @ (ivar.reshape(-1, 1) * jt)
     if model.flow_params is not None and prior_weight > 0:
-        hp = jax.vmap(jax.hessian(lambda zi: -log_prior(model.flow_params, model.flow_config, zi)))(z)
+        hp = jax.vmap(jax.hessian(lambda zi: -log_prior(model.flow_params, model.flow_config, zi)))(
+            z
+        )
         hp = hp * mask.astype(hp.dtype)[:, None, None] * prior_weight
         hess = hess + jax.scipy.linalg.block_diag(*[hp[i] for i in range(n_max)])
     # Padded sources have no data and no prior: a unit block keeps H invertible.
@@ -442,8 +434,60 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     gflux = jnp.sum(jac, axis=(1, 2))  # (n_max, b, n_max * d)
     var = jnp.einsum("ibk,kl,ibl->ib", gflux, cov, gflux)
     flux_err = jnp.sqrt(jnp.maximum(var, 0.0)) * mask.astype(var.dtype)[:, None]
+    if n_samples == 0:
+        return LaplaceResult(cov, flux_err, None, None)
     chol = jnp.linalg.cholesky(cov + 1e-9 * jnp.eye(cov.shape[0], dtype=cov.dtype))
     eps = jax.random.normal(key, (n_samples, zf.size), zf.dtype)
     zs = zf[None] + eps @ chol.T
     samples = jax.vmap(sources)(zs)
     return LaplaceResult(cov, flux_err, samples, jnp.sum(samples, axis=(2, 3)))
+
+
+def evaluate(models, true_sources, mask, snr=None, snr_min: float = 10.0, stamp: int = 45):
+    """Per-galaxy quality of deblended sources against the truth (numpy, host side).
+
+    Args:
+      models: ``(n, n_max, h, w, bands)`` deblended source images.
+      true_sources: ``(n, n_max, h, w, bands)`` true isolated noiseless sources.
+      mask: ``(n, n_max)`` real sources.
+      snr: ``(n, n_max)`` source SNR; galaxies with ``snr < snr_min`` are left out
+        of the summary (all kept when None).
+      stamp: side of the cutouts on which SSIM is computed (around each source's
+        light-weighted centre).
+
+    Returns:
+      dict with per-galaxy arrays ``dflux`` (signed ``(F - F_true) / F_true`` in the
+      first band), ``ssim`` and a ``summary`` of mean/median ``|dF/F|`` and mean SSIM.
+    """
+    from .metrics import ssim
+
+    models = np.asarray(models)
+    true_sources = np.asarray(true_sources)
+    sel = np.asarray(mask, bool)
+    if snr is not None:
+        sel &= np.asarray(snr) >= snr_min
+    f_true = true_sources.sum(axis=(2, 3))[..., 0]
+    f_model = models.sum(axis=(2, 3))[..., 0]
+    dflux = (f_model - f_true)[sel] / f_true[sel]
+    # Cutouts around the truth's brightest pixel for SSIM.
+    t, m = true_sources[sel], models[sel]
+    h, w = t.shape[1], t.shape[2]
+    size = min(stamp, h, w)
+    peak = t[..., 0].reshape(len(t), -1).argmax(axis=1)
+    py, px = np.unravel_index(peak, (h, w))
+    y0 = np.clip(py - size // 2, 0, h - size)
+    x0 = np.clip(px - size // 2, 0, w - size)
+    ct = np.stack([a[y : y + size, x : x + size] for a, y, x in zip(t, y0, x0, strict=True)])
+    cm = np.stack([a[y : y + size, x : x + size] for a, y, x in zip(m, y0, x0, strict=True)])
+    rng = np.maximum(ct.max(axis=(1, 2, 3)), 1e-12)
+    s = np.asarray(
+        jax.vmap(lambda a, b, r: ssim(a, b, r))(jnp.asarray(cm), jnp.asarray(ct), jnp.asarray(rng))
+    )
+    summary = {
+        "n_galaxies": int(sel.sum()),
+        "mean_abs_dflux": float(np.mean(np.abs(dflux))),
+        "median_abs_dflux": float(np.median(np.abs(dflux))),
+        "mean_dflux": float(np.mean(dflux)),
+        "mean_ssim": float(np.mean(s)),
+    }
+    return {"dflux": dflux, "ssim": s, "summary": summary}

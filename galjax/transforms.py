@@ -30,6 +30,7 @@ from galjax._checks import check_image, check_positive, check_range
 __all__ = [
     "arcsinh_stretch",
     "crop_or_pad",
+    "cutouts",
     "flip",
     "gaussian_smear",
     "inverse_arcsinh_stretch",
@@ -501,3 +502,28 @@ def _resample(x, in_scale, out_scale, out_shape, method):
         antialias=True,
     )
     return (out / zoom**2).astype(x.dtype)
+
+
+def cutouts(image, positions, size: int):
+    """``size x size`` cutouts of ``image (h, w, bands)`` centred on ``round(positions)``.
+
+    Args:
+      image: ``(h, w, bands)``.
+      positions: ``(n, 2)`` centres ``(x, y)`` in pixels; the cutout's central
+        pixel ``(size - 1) // 2`` is the pixel nearest each position.
+      size: cutout side (static).
+
+    Returns:
+      ``(n, size, size, bands)``; pixels outside the image are zero. jit/vmap-safe.
+
+    >>> cutouts(jnp.ones((10, 10, 1)), jnp.array([[0.0, 0.0]]), 3)[0, :, :, 0].sum()
+    Array(4., dtype=float32)
+    """
+    half = (size - 1) // 2
+    padded = jnp.pad(image, ((size, size), (size, size), (0, 0)))
+    ij = jnp.round(positions).astype(jnp.int32) - half + size
+
+    def one(xy):
+        return jax.lax.dynamic_slice(padded, (xy[1], xy[0], 0), (size, size, image.shape[-1]))
+
+    return jax.vmap(one)(ij)

@@ -12,7 +12,6 @@ import pytest
 
 from galjax.deblend import (
     DeblendConfig,
-    cutouts,
     deblend,
     deblend_field,
     laplace,
@@ -20,6 +19,7 @@ from galjax.deblend import (
     shift_stamp,
 )
 from galjax.models import FlowConfig, GalaxyModel, VAEConfig, init_flow, init_vae
+from galjax.transforms import cutouts
 
 CFG = VAEConfig(stamp_size=15, latent_dim=4, hidden=(16,), enc_channels=(4, 8),
                 dec_channels=(8, 4), dec_start=4, scale=1.0)  # fmt: skip
@@ -39,9 +39,13 @@ def scene(model):
     k = jax.random.key(7)
     n, n_max, h = 3, 2, 24
     z = jax.random.normal(k, (n, n_max, 4))
-    pos = jnp.array([[[7.3, 8.0], [15.6, 14.2]], [[11.0, 11.0], [0.0, 0.0]], [[6.0, 16.0], [17.2, 6.8]]])
+    pos = jnp.array(
+        [[[7.3, 8.0], [15.6, 14.2]], [[11.0, 11.0], [0.0, 0.0]], [[6.0, 16.0], [17.2, 6.8]]]
+    )
     mask = jnp.array([[True, True], [True, False], [True, True]])
-    src = jax.vmap(lambda zz, p, m: render_sources(model.vae_params, CFG, zz, p, m, h, h))(z, pos, mask)
+    src = jax.vmap(lambda zz, p, m: render_sources(model.vae_params, CFG, zz, p, m, h, h))(
+        z, pos, mask
+    )
     clean = src.sum(axis=1)
     sigma = 0.01 * float(jnp.abs(clean).max()) + jnp.zeros_like(clean)
     noisy = clean + sigma * jax.random.normal(k, clean.shape)

@@ -50,7 +50,9 @@ def test_kl_closed_form_matches_monte_carlo(key):
     mu = jnp.array([0.3, -1.2], jnp.float32)
     log_sigma = jnp.array([-0.5, 0.2], jnp.float32)
     z = mu[None] + jnp.exp(log_sigma)[None] * jax.random.normal(key, (200000, 2))
-    logq = jnp.sum(-0.5 * ((z - mu[None]) / jnp.exp(log_sigma)[None]) ** 2 - log_sigma[None], axis=-1)
+    logq = jnp.sum(
+        -0.5 * ((z - mu[None]) / jnp.exp(log_sigma)[None]) ** 2 - log_sigma[None], axis=-1
+    )
     logp = jnp.sum(-0.5 * z**2, axis=-1)
     assert abs(float(jnp.mean(logq - logp)) - float(kl_normal(mu, log_sigma))) < 0.02
 
@@ -140,7 +142,9 @@ def test_model_directory_round_trip_and_version_check(tmp_path, key):
     save_model(tmp_path / "m", model)
     back = load_model(tmp_path / "m")
     assert back.vae_config == TINY and back.flow_config == TINY_FLOW
-    for a, b in zip(jax.tree.leaves(model.vae_params), jax.tree.leaves(back.vae_params), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(model.vae_params), jax.tree.leaves(back.vae_params), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     assert back.init_params is None
     meta = json.loads((tmp_path / "m" / "model.json").read_text())

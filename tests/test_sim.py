@@ -52,7 +52,7 @@ from galjax.sim import (
 F32 = jnp.float32
 #: Cheap rendering where accuracy is not the point.
 CHEAP = RenderConfig(oversample=1, refine_levels=1, pad=4)
-#: Small single- and multi-band surveys for the field simulator.
+#: Small single- and multi-band surveys (PSFs, boundary checks and the field simulator).
 TINY_R = dataclasses.replace(
     LSST_R, render=RenderConfig(oversample=1, refine_levels=1, pad=4), field_size=32, stamp_size=21,
     psf_size=11,
@@ -108,7 +108,7 @@ def _stack(trees):
 
 def test_sersic_bn_solves_half_light_equation():
     n = jnp.linspace(*SERSIC_N_RANGE, 40, dtype=F32)
-    b = jax.jit(sersic_bn)(n)
+    b = sersic_bn(n)
     assert b.shape == n.shape
     np.testing.assert_allclose(gammainc(2.0 * n, b), 0.5, atol=5e-6)
 
@@ -127,15 +127,6 @@ def test_sersic_bn_gradient_float64():
         assert grad.dtype == jnp.float64
         np.testing.assert_allclose(grad, fd, rtol=1e-7)
         np.testing.assert_allclose(gammainc(2.0 * n, sersic_bn(n)), 0.5, atol=1e-13)
-
-
-def test_sersic_bn_gradient_float32():
-    n = jnp.linspace(*SERSIC_N_RANGE, 12, dtype=F32)
-    grad = jax.vmap(jax.grad(sersic_bn))(n)
-    h = 1e-2
-    fd = (sersic_bn(n + h) - sersic_bn(n - h)) / (2 * h)
-    assert np.all(np.isfinite(grad))
-    np.testing.assert_allclose(grad, fd, rtol=2e-3)
 
 
 @pytest.mark.parametrize("n", [0.5, 1.0, 4.0])
@@ -350,7 +341,7 @@ def test_convolve_fft_integer_shift_is_roll(dx, dy):
     image = jnp.asarray(rng.normal(size=(20, 18, 2)), F32)
     kernel = jnp.asarray(rng.normal(size=(5, 5, 2)), F32)
     plain = convolve_fft(image, kernel)
-    shifted = convolve_fft(image, kernel, shift=jnp.array([dx, dy], F32))
+    shifted = convolve_fft(image, kernel, shift=[dx, dy])  # a list of ints is accepted
     rolled = jnp.roll(plain, (dy, dx), axis=(0, 1))
     inner = (slice(5, -5), slice(5, -5))
     np.testing.assert_allclose(shifted[inner], rolled[inner], atol=1e-4)
@@ -380,34 +371,43 @@ def test_convolve_fft_fractional_shift_moves_centroid():
 # ---------------------------------------------------------------------- rendering
 
 
+@pytest.fixture(scope="module")
+def galaxy_renders():
+    """A galaxy with clumps and arms, its smooth twin, arms only and neither: one vmap."""
+    p = _galaxy()
+    params = _stack(
+        [p, smooth_twin(p), _galaxy(clump_frac=0.0), _galaxy(clump_frac=0.0, arm_amp=0.0)]
+    )
+    images = jax.jit(jax.vmap(lambda q: render_galaxy(q, 41, 41, config=CHEAP)))(params)
+    return params, images
+
+
+def test_render_galaxy_vmap_equals_loop(galaxy_renders):
+    params, batch = galaxy_renders
+    assert batch.shape == (4, 41, 41, 1)
+    one = jax.jit(lambda q: render_galaxy(q, 41, 41, config=CHEAP))
+    for i in (0, 2):
+        single = one(jax.tree.map(lambda a, i=i: a[i], params))
+        np.testing.assert_allclose(batch[i], single, rtol=1e-4, atol=1e-6 * float(single.max()))
+    # All the light of the no-PSF galaxy falls in the stamp.
+    np.testing.assert_allclose(batch.sum(axis=(1, 2, 3)), 100.0, rtol=2e-3)
+
+
+def test_smooth_twin_keeps_flux_and_removes_detail(galaxy_renders):
+    params, (img, smooth, arms, plain) = galaxy_renders
+    p, twin = (jax.tree.map(lambda a, i=i: a[i], params) for i in (0, 1))
+    assert float(twin.clump_frac[0]) == 0.0 and float(twin.arm_amp) == 0.0
+    for name in ("flux", "bulge_frac", "disk_hlr", "disk_e1", "bulge_n", "x", "y"):
+        np.testing.assert_array_equal(getattr(twin, name), getattr(p, name))
+    assert float(smooth.sum()) == pytest.approx(float(img.sum()), rel=1e-3)
+    assert float(jnp.abs(img - smooth).max()) > 0.05 * float(smooth.max())
+    # Arms alone redistribute light without changing the flux.
+    assert float(arms.sum()) == pytest.approx(float(plain.sum()), rel=1e-3)
+    assert float(jnp.abs(arms - plain).max()) > 0.02 * float(plain.max())
+
+
 _W = jnp.asarray(1.0 + 0.5 * _rng(5).uniform(size=(15, 15, 1)), F32)
 _GRAD_PSF = moffat_psf(2.5, 2.5, size=7)
-
-
-def test_render_sersic_jit_matches_eager():
-    kw = dict(height=15, width=15, config=CHEAP)
-    eager = render_sersic(1.0, 2.0, 1.5, 0.1, -0.2, 7.3, 6.8, **kw)
-    jitted = jax.jit(lambda *a: render_sersic(*a, **kw))(1.0, 2.0, 1.5, 0.1, -0.2, 7.3, 6.8)
-    assert eager.shape == (15, 15, 1)
-    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-7)
-
-
-def test_render_galaxy_vmap_equals_loop():
-    params = _stack(
-        [
-            _galaxy(x=7.3, y=6.8),
-            _galaxy(clump_frac=0.0, x=6.9, y=7.4)._replace(disk_hlr=jnp.asarray(2.0, F32)),
-            _galaxy(arm_amp=0.0, x=7.0, y=7.0)._replace(disk_e1=jnp.asarray(-0.3, F32)),
-        ]
-    )
-    fn = lambda p: render_galaxy(p, 15, 15, _GRAD_PSF, 1, CHEAP)
-    batch = jax.jit(jax.vmap(fn))(params)
-    assert batch.shape == (3, 15, 15, 1)
-    jfn = jax.jit(fn)
-    for i in range(3):
-        one = jfn(jax.tree.map(lambda a, i=i: a[i], params))
-        np.testing.assert_allclose(batch[i], one, rtol=1e-4, atol=1e-6 * float(one.max()))
-    assert not np.allclose(batch[0], batch[1])
 
 
 def _sersic_loss(theta):
@@ -420,20 +420,19 @@ def _sersic_loss(theta):
 
 
 def test_render_sersic_gradient_matches_finite_differences():
-    grad_fn = jax.jit(jax.grad(_sersic_loss))
     theta = jnp.array([2.0, 2.2, 1.7, 0.2, 7.2, 6.8], F32)
-    grad = grad_fn(theta)
-    assert np.all(np.isfinite(grad))
     h = np.array([0.1, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2], np.float32)
     steps = jnp.asarray(np.diag(h), F32)
-    loss = jax.jit(jax.vmap(_sersic_loss))
-    fd = (loss(theta[None] + steps) - loss(theta[None] - steps)) / (2 * jnp.asarray(h))
-    # Runs in float32 in both modes (the pixel grid is float32), hence a few percent.
-    np.testing.assert_allclose(grad, fd, rtol=3e-2, atol=1e-3 * float(jnp.abs(grad).max()))
     # A centre on a pixel centre samples r = 0, where r^(1/n) has an infinite slope.
-    for n in (0.5, 4.0):
-        at_centre = grad_fn(jnp.array([2.0, 2.2, n, 0.2, 7.0, 7.0], F32))
-        assert np.all(np.isfinite(at_centre)), n
+    centred = jnp.array([[2.0, 2.2, 0.5, 0.2, 7.0, 7.0], [2.0, 2.2, 4.0, 0.2, 7.0, 7.0]], F32)
+    batch = jnp.concatenate([theta[None], theta[None] + steps, theta[None] - steps, centred])
+    # One compiled call gives the gradient and the finite-difference points.
+    values, grads = jax.jit(jax.vmap(jax.value_and_grad(_sersic_loss)))(batch)
+    assert np.all(np.isfinite(values)) and np.all(np.isfinite(grads))
+    fd = (values[1:7] - values[7:13]) / (2 * jnp.asarray(h))
+    # float32 in both modes (the pixel grid is float32), hence a few percent.
+    np.testing.assert_allclose(grads[0], fd, rtol=3e-2, atol=1e-3 * float(jnp.abs(grads[0]).max()))
+    assert np.all(np.asarray(grads[0]) != 0)
 
 
 def test_galaxy_sb_gradients_finite_at_centre():
@@ -452,32 +451,15 @@ def test_galaxy_sb_gradients_finite_at_centre():
     assert float(jnp.abs(grads[0].disk_hlr)) > 0
 
 
-def test_smooth_twin_keeps_flux_and_removes_detail():
-    p = _galaxy()
-    twin = smooth_twin(p)
-    assert float(twin.clump_frac[0]) == 0.0 and float(twin.arm_amp) == 0.0
-    np.testing.assert_array_equal(twin.flux, p.flux)
-    render = jax.jit(lambda q: render_galaxy(q, 41, 41, config=CHEAP))
-    img, smooth = render(p), render(twin)
-    assert float(smooth.sum()) == pytest.approx(float(img.sum()), rel=1e-3)
-    assert float(img.sum()) == pytest.approx(100.0, rel=2e-3)
-    assert float(jnp.abs(img - smooth).max()) > 0.05 * float(smooth.max())
-    # Arms alone redistribute light without changing the flux.
-    arms = render(_galaxy(clump_frac=0.0))
-    plain = render(_galaxy(clump_frac=0.0, arm_amp=0.0))
-    assert float(arms.sum()) == pytest.approx(float(plain.sum()), rel=1e-3)
-    assert float(jnp.abs(arms - plain).max()) > 0.02 * float(plain.max())
-
-
 def test_pixel_psf_and_oversampled_paths_agree():
-    # The pixel-PSF path integrates the galaxy over pixels and then convolves with a PSF
-    # that holds the pixel response too: a pixel-level approximation, ~1e-2 of the peak.
-    cfg = RenderConfig(oversample=3, refine_levels=2, pad=6)
-    kw = dict(height=25, width=25, config=cfg)
-    args = (1.0, 4.0, 1.0, 0.2, 0.1, 12.3, 11.6)
-    fine = render_sersic(*args, psf=moffat_psf(5.0, size=15, oversample=3), psf_oversample=3, **kw)
-    coarse = render_sersic(*args, psf=moffat_psf(5.0, size=15), psf_oversample=1, **kw)
-    assert fine.shape == coarse.shape == (25, 25, 1)
+    # The pixel-PSF path is a pixel-level approximation (the galaxy is integrated over
+    # pixels and the PSF holds the pixel response as well): ~1e-2 of the peak.
+    cfg = RenderConfig(oversample=3, refine_levels=1, pad=6)
+    kw = dict(height=21, width=21, config=cfg)
+    args = (1.0, 4.0, 1.0, 0.2, 0.1, 10.3, 9.6)
+    fine = render_sersic(*args, psf=moffat_psf(5.0, size=13, oversample=3), psf_oversample=3, **kw)
+    coarse = render_sersic(*args, psf=moffat_psf(5.0, size=13), psf_oversample=1, **kw)
+    assert fine.shape == coarse.shape == (21, 21, 1)
     assert float(jnp.abs(fine - coarse).max()) < 1e-2 * float(fine.max())
     assert float(fine.sum()) == pytest.approx(float(coarse.sum()), rel=1e-2)
 
@@ -507,23 +489,23 @@ def test_render_config_round_trip():
 @pytest.mark.parametrize(
     "field, value, match",
     [
-        ("disk_n", 7.0, "disk_n"),
-        ("bulge_n", 0.2, "bulge_n"),
-        ("disk_hlr", 0.0, "disk_hlr"),
-        ("bulge_hlr", -1.0, "bulge_hlr"),
-        ("flux", np.array([np.nan], np.float32), r"params\.flux"),
-        ("flux", np.array([-1.0], np.float32), r"params\.flux"),
-        ("disk_e1", 1.0, r"disk_e1/e2"),
-        ("bulge_e2", -0.995, r"bulge_e1/e2"),
-        ("x", np.inf, r"params\.x"),
-        ("clump_frac", np.array([1.2], np.float32), "clump_frac"),
+        ("disk_n", 7.0, r"disk_n \(Sersic n\)"),
+        ("bulge_n", 0.2, r"bulge_n \(Sersic n\)"),
+        ("disk_hlr", 0.0, "disk_hlr:"),
+        ("bulge_hlr", -1.0, "bulge_hlr:"),
+        ("flux", np.array([np.nan], np.float32), "flux:"),
+        ("flux", np.array([-1.0], np.float32), "flux:"),
+        ("disk_e1", 1.0, "disk_e1/e2"),
+        ("bulge_e2", -0.995, "bulge_e1/e2"),
+        ("x", np.inf, "x:"),
+        ("clump_frac", np.array([1.2], np.float32), "clump_frac:"),
     ],
 )
 def test_validate_galaxy_params_names_field(field, value, match):
     p = GalaxyParams.sersic(1.0, 2.0, 1.0)
     validate_galaxy_params(p)
     bad = p._replace(**{field: jnp.asarray(value, F32)})
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=r"^params\." + match):
         validate_galaxy_params(bad)
 
 
@@ -531,21 +513,22 @@ def test_validate_galaxy_params_fractions_sum():
     p = GalaxyParams.sersic(1.0, 2.0, 1.0)
     frac = jnp.array([0.6], F32)
     validate_galaxy_params(p._replace(bulge_frac=frac, clump_frac=frac * 0.5))
-    with pytest.raises(ValueError, match=r"bulge_frac \+ clump_frac"):
+    with pytest.raises(ValueError, match=r"^params\.bulge_frac \+ clump_frac"):
         validate_galaxy_params(p._replace(bulge_frac=frac, clump_frac=frac))
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(n=0.2), r"n \(Sersic"),
-        (dict(n=6.5), r"n \(Sersic"),
-        (dict(hlr=0.0), "hlr"),
-        (dict(hlr=-2.0), "hlr"),
-        (dict(flux=float("nan")), "flux"),
-        (dict(e1=1.0), r"\|e\|"),
-        (dict(e1=0.8, e2=0.8), r"\|e\|"),
-        (dict(x=float("inf")), "x"),
+        (dict(n=0.2), r"^n \(Sersic index\)"),
+        (dict(n=6.5), r"^n \(Sersic index\)"),
+        (dict(hlr=0.0), "^hlr:"),
+        (dict(hlr=-2.0), "^hlr:"),
+        (dict(flux=float("nan")), "^flux:"),
+        (dict(e1=1.0), r"^\|e\|:"),
+        (dict(e1=0.8, e2=0.8), r"^\|e\|:"),
+        (dict(x=float("inf")), "^x:"),
+        (dict(y=float("nan")), "^y:"),
     ],
 )
 def test_render_sersic_bad_values(kwargs, match):
@@ -570,7 +553,7 @@ def test_add_noise_sky_only(key):
 def test_add_noise_gaussian_poisson_variance(key):
     # Band 0 has source light, band 1 none; 256^2 pixels give variances to ~1%.
     image = jnp.concatenate([jnp.full((256, 256, 1), 50.0, F32), jnp.zeros((256, 256, 1), F32)], -1)
-    noisy = jax.jit(add_noise)(key, image, 2.0, gain=10.0)
+    noisy = add_noise(key, image, 2.0, gain=10.0)
     resid = np.asarray(noisy - image).reshape(-1, 2)
     expected = np.asarray(noise_variance(image, 2.0, 10.0)).reshape(-1, 2)[0]
     np.testing.assert_allclose(expected, [4.0 + 50.0 / 10.0, 4.0])
@@ -595,7 +578,7 @@ def test_add_noise_exact_poisson(key):
 
 
 def test_add_noise_bad_poisson(key):
-    with pytest.raises(ValueError, match="poisson"):
+    with pytest.raises(ValueError, match="^poisson:"):
         add_noise(key, jnp.zeros((4, 4, 1), F32), 1.0, gain=1.0, poisson="poisson")
 
 
@@ -627,12 +610,12 @@ def test_survey_dict_round_trip(name):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (dict(psf_fwhm=(0.7,)), "psf_fwhm"),
-        (dict(sky_sigma=(1.0,) * 5), "sky_sigma"),
-        (dict(zeropoint=(30.0,) * 7), "zeropoint"),
-        (dict(sky_sigma=(1.0,) * 5 + (0.0,)), "sky_sigma"),
-        (dict(psf_size=40), "psf_size"),
-        (dict(gain=-1.0), "gain"),
+        (dict(psf_fwhm=(0.7,)), "^psf_fwhm: expected 6 values"),
+        (dict(sky_sigma=(1.0,) * 5), "^sky_sigma: expected 6 values"),
+        (dict(zeropoint=(30.0,) * 7), "^zeropoint: expected 6 values"),
+        (dict(sky_sigma=(1.0,) * 5 + (0.0,)), "^sky_sigma: expected positive"),
+        (dict(psf_size=40), "^psf_size:"),
+        (dict(gain=-1.0), "^gain:"),
         (dict(mag_max=19.0), "mag_max"),
     ],
 )
@@ -679,14 +662,17 @@ def test_sample_galaxy_valid(key, name):
 
 
 def test_sample_positions(key):
-    size, margin, min_sep = 48, 6.0, 8.0
-    fn = jax.jit(jax.vmap(lambda k: sample_positions(k, 5, size, min_sep, margin)))
-    pos = np.asarray(fn(jax.random.split(key, 10)))
-    assert pos.shape == (10, 5, 2)
-    assert np.all(pos >= margin) and np.all(pos <= size - 1 - margin)
+    size, margin = 48, 6.0
+    fn = jax.jit(jax.vmap(lambda k, sep: sample_positions(k, 5, size, sep, margin), (0, None)))
+    keys = jax.random.split(key, 10)
+    for min_sep in (8.0, 100.0):  # feasible, and impossible (the farthest candidate wins)
+        pos = np.asarray(fn(keys, min_sep))
+        assert pos.shape == (10, 5, 2)
+        assert np.all(pos >= margin) and np.all(pos <= size - 1 - margin)
+    pos = np.asarray(fn(keys, 8.0))
     d = np.linalg.norm(pos[:, :, None] - pos[:, None, :], axis=-1)
     d[:, np.arange(5), np.arange(5)] = np.inf
-    assert d.min() >= min_sep
+    assert d.min() >= 8.0
 
 
 def test_place_stamp():
@@ -707,12 +693,17 @@ def test_place_stamp():
 
 @pytest.fixture(scope="module")
 def tiny_fields():
-    """Five fields of a cheap six-band survey, simulated with two chunk sizes."""
+    """Five fields of a cheap six-band survey, simulated with two chunk sizes.
+
+    Compiling ``simulate_field`` dominates this file's run time (mostly the gamma
+    samplers behind ``sample_galaxy``), so both field tests share these two runs.
+    """
     kw = dict(survey=TINY_LSST, n_max=3, n_min=2)
     key = jax.random.key(1)
     return simulate_fields(key, 5, chunk=2, **kw), simulate_fields(key, 5, chunk=3, **kw)
 
 
+@pytest.mark.slow  # two compilations of the field simulator (chunk sizes 2 and 3)
 def test_simulate_field(tiny_fields):
     f = tiny_fields[1]
     survey, n, n_max, margin = TINY_LSST, 5, 3, 6.0
@@ -743,9 +734,10 @@ def test_simulate_field(tiny_fields):
     # Each source lies where it was placed.
     for i, j in zip(*np.nonzero(mask), strict=True):
         c = _centroid(f.sources[i, j].sum(-1))
-        assert np.linalg.norm(c - f.positions[i, j]) < 2.0
+        assert np.linalg.norm(c - f.positions[i, j]) < 2.5
 
 
+@pytest.mark.slow  # two compilations of the field simulator (chunk sizes 2 and 3)
 def test_simulate_fields_independent_of_chunk(tiny_fields):
     a, b = tiny_fields
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
@@ -756,11 +748,11 @@ def test_simulate_fields_independent_of_chunk(tiny_fields):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(n_fields=0), "n_fields"),
-        (dict(n_max=0), "n_max"),
-        (dict(n_max=3, n_min=4), "n_min"),
-        (dict(n_min=-1), "n_min"),
-        (dict(chunk=0), "chunk"),
+        (dict(n_fields=0), "^n_fields:"),
+        (dict(n_max=0), "^n_max:"),
+        (dict(n_max=3, n_min=4), "^n_min:"),
+        (dict(n_min=-1), "^n_min:"),
+        (dict(chunk=0), "^chunk:"),
     ],
 )
 def test_simulate_fields_bad_arguments(key, kwargs, match):

@@ -67,6 +67,10 @@ class VAEConfig:
         way in and decoder outputs multiplied by it on the way out.
       psf_explicit: the decoder models the galaxy before the PSF.
       min_log_sigma: floor of the learned ``log f_sigma`` (in flux units, log).
+      positive: pass ``f_mu`` through a ReLU, so the model is exactly zero where
+        the galaxy has no light. Without it a decoder leaves a faint pedestal
+        (~1e-2 sigma per pixel) that the MAP can use to fit noise, biasing faint
+        fluxes high.
     """
 
     arch: str = "conv"
@@ -81,6 +85,7 @@ class VAEConfig:
     scale: float = 100.0
     psf_explicit: bool = False
     min_log_sigma: float = -5.0
+    positive: bool = False
 
     def __post_init__(self):
         if self.arch not in ("conv", "mlp"):
@@ -216,6 +221,8 @@ def decode(params, config: VAEConfig, z):
     out = VAE(config).apply({"params": params}, z, method=VAE.decode)
     b = config.bands
     f_mu = out[..., :b] * config.scale
+    if config.positive:
+        f_mu = jax.nn.relu(f_mu)
     if config.likelihood == "learned":
         # softplus-free floor keeps sigma > 0 and the log-likelihood bounded.
         log_sigma = jnp.log(config.scale) + out[..., b:]

@@ -307,7 +307,7 @@ def render_sersic(
 
     Returns ``(height, width, bands)``.
 
-    >>> img = render_sersic(1.0, 2.5, 4.0, 0.2, -0.1, 22.3, 21.8, height=45, width=45)
+    >>> img = render_sersic(1.0, 2.5, 1.0, 0.2, -0.1, 22.3, 21.8, height=45, width=45)
     >>> bool(abs(float(img.sum()) - 1.0) < 0.02)
     True
     """

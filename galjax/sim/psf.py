@@ -162,10 +162,11 @@ def convolve_fft(image, kernel, shift=None):
     nd = max(fi.ndim, fk.ndim)
     prod = _lead(fi, nd) * _lead(fk, nd)
     if shift is not None:
-        shift = jnp.asarray(shift)
-        # Frequencies in shift's dtype (the default float64 under x64 would not promote).
-        fy = jnp.fft.fftfreq(ph, dtype=shift.dtype).reshape(ph, 1, 1)
-        fx = jnp.fft.rfftfreq(pw, dtype=shift.dtype).reshape(1, pw // 2 + 1, 1)
+        # Shift and frequencies in the image's dtype: under x64 the default float64 of
+        # fftfreq (or of a shift given as a list) would not promote with float32.
+        shift = jnp.asarray(shift, image.dtype)
+        fy = jnp.fft.fftfreq(ph, dtype=image.dtype).reshape(ph, 1, 1)
+        fx = jnp.fft.rfftfreq(pw, dtype=image.dtype).reshape(1, pw // 2 + 1, 1)
         sx = shift[..., 0].reshape(shift.shape[:-1] + (1, 1, 1))
         sy = shift[..., 1].reshape(shift.shape[:-1] + (1, 1, 1))
         phase = -2.0 * jnp.pi * (_lead(fx, sx.ndim) * sx + _lead(fy, sy.ndim) * sy)

@@ -23,6 +23,7 @@ from ..sim.blend import simulate_field
 from ..sim.galaxy import render_galaxy
 from ..sim.noise import noise_variance
 from ..sim.survey import Survey, sample_galaxy
+from ..transforms import cutouts
 from .config import TrainConfig
 from .loop import fit
 from .state import init_state, make_train_step
@@ -35,7 +36,6 @@ __all__ = [
     "encode_dataset",
     "train_flow",
     "train_init_encoder",
-    "cutout_stamps",
 ]
 
 
@@ -72,21 +72,6 @@ def make_stamps(key, survey: Survey, n: int, chunk: int = 512, progress: bool = 
     return _batched(jax.jit(jax.vmap(one)), keys, chunk, progress, "rendering stamps")
 
 
-def cutout_stamps(field, positions, size: int):
-    """``size x size`` cutouts of ``field (h, w, b)`` centred on ``round(positions) (n, 2)``.
-
-    Pixels outside the field are zero. Returns ``(n, size, size, b)``.
-    """
-    half = (size - 1) // 2
-    padded = jnp.pad(field, ((size, size), (size, size), (0, 0)))
-    ij = jnp.round(positions).astype(jnp.int32) - half + size
-
-    def one(xy):
-        return jax.lax.dynamic_slice(padded, (xy[1], xy[0], 0), (size, size, field.shape[-1]))
-
-    return jax.vmap(one)(ij)
-
-
 def make_blend_cutouts(
     key, survey: Survey, n_fields: int, n_max: int = 4, chunk: int = 128, progress: bool = True
 ):
@@ -101,9 +86,9 @@ def make_blend_cutouts(
 
     def one(k):
         f = simulate_field(k, survey, n_max, psf=psf)
-        cut = cutout_stamps(f.image, f.positions, s)
-        sig = cutout_stamps(f.sigma, f.positions, s)
-        tgt = jax.vmap(lambda src, xy: cutout_stamps(src, xy[None], s)[0])(f.sources, f.positions)
+        cut = cutouts(f.image, f.positions, s)
+        sig = cutouts(f.sigma, f.positions, s)
+        tgt = jax.vmap(lambda src, xy: cutouts(src, xy[None], s)[0])(f.sources, f.positions)
         return {"cutout": cut, "target": tgt, "sigma": sig, "mask": f.mask}
 
     keys = jax.random.split(key, n_fields)

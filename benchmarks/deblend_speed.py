@@ -1,0 +1,167 @@
+"""Deblending speed: one vmapped call over many fields vs a Python loop over fields.
+
+For n_fields in {1, 16, 256, 2048} LSST-like fields (1-4 galaxies each) it reports
+galaxies per second for the single compiled vmapped call (200 fixed steps, and with
+the per-field stopping rule), for a loop of the jitted one-field function, compile
+time, process peak memory, and the achieved GFLOP/s against the GFLOP/s this machine
+reaches on the decoder's own layers run alone (the ceiling). Writes
+benchmarks/results/deblend_speed.json.
+
+    python benchmarks/deblend_speed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _common import RESULTS_DIR, best_time, cost_analysis, format_table, machine_info, write_json
+
+from galjax.deblend import DeblendConfig, _deblend_chunk, _objective, deblend_field
+from galjax.models import decode, default_model_dir, load_model
+from galjax.sim import LSST_R, simulate_fields
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _ceiling_gflops(model, batch: int = 1024) -> float:
+    """GFLOP/s of the decoder's forward + backward alone on a large batch."""
+    z = jnp.zeros((batch, model.vae_config.latent_dim), jnp.float32)
+    f = jax.jit(jax.grad(lambda z, p: jnp.sum(decode(p, model.vae_config, z)[0] ** 2)))
+    compiled = f.lower(z, model.vae_params).compile()
+    flops = cost_analysis(compiled).get("flops", float("nan"))
+    t = best_time(lambda: compiled(z, model.vae_params).block_until_ready(), repeats=3)
+    return flops / t / 1e9
+
+
+def _flops_per_step(model, fields, pos, mask, ivar, static) -> float:
+    """XLA's flop count of one objective + gradient evaluation per field."""
+
+    def one(z, f, p, m, iv):
+        a = (model.vae_params, model.flow_params, f, p, m, iv, None)
+        return jax.value_and_grad(_objective)(z, a, static)
+
+    z = jnp.zeros(pos.shape[1:2] + (model.vae_config.latent_dim,), jnp.float32)
+    c = jax.jit(one).lower(z, fields[0], pos[0], mask[0], ivar[0]).compile()
+    return cost_analysis(c).get("flops", float("nan"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 256, 2048])
+    ap.add_argument(
+        "--fixed-max",
+        type=int,
+        default=256,
+        help="largest size also run with 200 fixed steps (2048 x 200 steps takes "
+        "about 10 minutes on 2 cores; above this the fixed-step time is extrapolated)",
+    )
+    ap.add_argument("--loop-fields", type=int, default=32, help="fields timed in the Python loop")
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+
+    model = load_model(default_model_dir("lsst_r"))
+    n_all = max(args.sizes)
+    truth = simulate_fields(jax.random.key(args.seed), n_all, LSST_R, n_max=4, progress=True)
+    sky = np.asarray(LSST_R.sky_sigma, np.float32)
+    sigma = np.sqrt(sky**2 + np.maximum(truth.image, 0) / LSST_R.gain).astype(np.float32)
+    ivar = (1.0 / sigma**2).astype(np.float32)
+    fields, pos, mask = truth.image.astype(np.float32), truth.positions, truth.mask
+    params = (model.vae_params, model.flow_params, model.init_params)
+    fixed = DeblendConfig(n_steps=200, patience=10**6)  # never stops early
+    early = DeblendConfig(n_steps=200)
+    ceiling = _ceiling_gflops(model)
+    flops_step = _flops_per_step(model, fields, pos, mask, ivar,
+                                 (model.vae_config, model.flow_config, fixed))  # fmt: skip
+    print(f"ceiling (decoder layers alone): {ceiling:.1f} GFLOP/s; "
+          f"{flops_step / 1e6:.1f} MFLOP per field-step")  # fmt: skip
+
+    # Python loop over fields of the jitted one-field function (per-field cost, then scaled).
+    one = jax.jit(lambda f, p, m, iv: deblend_field(model, f, p, m, iv, None, fixed))
+    t0 = time.perf_counter()
+    one(fields[0], pos[0], mask[0], ivar[0]).latents.block_until_ready()
+    loop_compile = time.perf_counter() - t0
+    k = min(args.loop_fields, n_all)
+    t0 = time.perf_counter()
+    for i in range(k):
+        one(fields[i], pos[i], mask[i], ivar[i]).latents.block_until_ready()
+    loop_per_field = (time.perf_counter() - t0) / k
+    gal_per_field = float(mask[:k].sum()) / k
+
+    rows = []
+    for n in sorted(args.sizes):
+        sl = slice(0, n)
+        batch = (fields[sl], pos[sl], mask[sl], ivar[sl])
+        n_gal = int(mask[sl].sum())
+        row = {"n_fields": n, "n_galaxies": n_gal}
+        for name, cfg in (("fixed200", fixed), ("early", early)):
+            if name == "fixed200" and n > args.fixed_max:
+                continue
+            static = (model.vae_config, model.flow_config, cfg)
+            t0 = time.perf_counter()
+            compiled = _deblend_chunk.lower(params, *batch, None, static).compile()
+            row[f"compile_s_{name}"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res = compiled(params, *batch, None)
+            jax.block_until_ready(res)
+            dt = time.perf_counter() - t0
+            steps = float(np.asarray(res.n_iter).sum())
+            row[f"run_s_{name}"] = dt
+            row[f"galaxies_per_s_{name}"] = n_gal / dt
+            row[f"mean_steps_{name}"] = steps / n
+            row[f"gflops_{name}"] = flops_step * steps / dt / 1e9
+        if "run_s_fixed200" not in row:  # extrapolate from the largest fixed-step run
+            ref = next(r for r in reversed(rows) if "run_s_fixed200" in r)
+            row["galaxies_per_s_fixed200_extrapolated"] = ref["galaxies_per_s_fixed200"]
+        row["loop_galaxies_per_s"] = gal_per_field / loop_per_field
+        row["vmapped_over_loop"] = (
+            row.get("galaxies_per_s_fixed200", row.get("galaxies_per_s_fixed200_extrapolated"))
+            / row["loop_galaxies_per_s"]
+        )
+        row["gflops_fraction_of_ceiling"] = (
+            row.get("gflops_fixed200", row.get("gflops_early")) / ceiling
+        )
+        row["peak_rss_mib"] = _peak_rss_mib()
+        rows.append(row)
+        print(f"n={n}: {row}")
+
+    cols = [
+        ("n_fields", "fields", "d"),
+        ("n_galaxies", "galaxies", "d"),
+        ("compile_s_early", "compile [s]", ".1f"),
+        ("galaxies_per_s_fixed200", "gal/s (200 steps)", ".1f"),
+        ("galaxies_per_s_early", "gal/s (early stop)", ".1f"),
+        ("mean_steps_early", "mean steps", ".0f"),
+        ("loop_galaxies_per_s", "loop gal/s (200)", ".1f"),
+        ("vmapped_over_loop", "vmap/loop", ".2f"),
+        ("gflops_fixed200", "GFLOP/s", ".1f"),
+        ("gflops_fraction_of_ceiling", "of ceiling", ".2f"),
+        ("peak_rss_mib", "peak RSS [MiB]", ".0f"),
+    ]
+    print(format_table(rows, cols))
+    payload = {
+        "benchmark": "deblend_speed",
+        "machine": machine_info(),
+        "ceiling_gflops_decoder_alone": ceiling,
+        "mflop_per_field_step": flops_step / 1e6,
+        "loop": {
+            "compile_s": loop_compile,
+            "seconds_per_field_200_steps": loop_per_field,
+            "fields_timed": k,
+        },  # fmt: skip
+        "rows": rows,
+        "notes": "fixed200: 200 Adam steps per field (stopping disabled); early: the per-field "
+        "stopping rule (DeblendConfig defaults). gal/s counts galaxies (1-4 per field). Peak RSS "
+        "is the process maximum so far (sizes run in increasing order).",
+    }
+    write_json(RESULTS_DIR / "deblend_speed.json", payload)
+
+
+if __name__ == "__main__":
+    main()
