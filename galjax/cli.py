@@ -477,7 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--out", default="galjax_deblend", help="output directory")
     db.add_argument("--max-sources", type=int, default=4, help="static maximum per field")
     db.add_argument("--steps", type=int, default=200, help="maximum MAP steps per field")
-    db.add_argument("--chunk", type=int, default=16, help="fields per compiled call")
+    db.add_argument(
+        "--chunk", type=int, default=4,
+        help="fields per compiled call (small on CPU: a chunk runs until its slowest field "
+        "converges; large on GPU/TPU)",
+    )
     db.add_argument("--quiet", action="store_true", help="no progress bar")
     db.set_defaults(func=_deblend)
     return parser
