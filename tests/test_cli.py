@@ -12,7 +12,7 @@ def test_simulate_writes_fields_truth_and_figure(tmp_path):
     out = tmp_path / "fields.fits"
     assert main(["simulate", "--n", "3", "--seed", "1", "--out", str(out), "--quiet"]) == 0
     with fits.open(out) as hdul:
-        assert hdul[0].data.shape == (3, 64, 64)  # one band is stored as 2-D images per field
+        assert hdul[0].data.shape == (3, 1, 64, 64)  # stacks are stored as (n, bands, h, w)
         assert hdul[0].header["SURVEY"] == "lsst_r"
         noiseless = hdul["NOISELESS"].data
         assert np.all(np.isfinite(hdul[0].data)) and noiseless.min() >= 0
