@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--model", default=None, help="model directory (default: shipped lsst_r)")
     ap.add_argument("--scene-steps", type=int, default=200)
+    ap.add_argument("--chunk", type=int, default=4, help="fields per compiled call (small on CPU)")
     args = ap.parse_args()
 
     survey = LSST_R
@@ -52,7 +53,7 @@ def main():
     ivar = 1.0 / sigma**2
     rows, results = [], {}
 
-    cfg = DeblendConfig()
+    cfg = DeblendConfig(chunk=args.chunk)
     t0 = time.perf_counter()
     res = deblend(model, truth.image, truth.positions, truth.mask, sigma=sigma, config=cfg)
     t_gal = time.perf_counter() - t0
