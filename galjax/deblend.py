@@ -35,6 +35,7 @@ from ._checks import check_image, check_positive, check_psf, mask_nonfinite
 from .models.flow import log_prior
 from .models.store import GalaxyModel
 from .models.vae import decode, encode
+from .sim.blend import place_stamp
 from .sim.psf import convolve_fft, fft_size
 from .transforms import cutouts
 
@@ -129,14 +130,6 @@ def shift_stamp(stamp, shift):
     return out[:s, :s]
 
 
-def _place(stamp, pos, h: int, w: int):
-    s = stamp.shape[0]
-    canvas = jnp.zeros((h + 2 * s, w + 2 * s, stamp.shape[-1]), stamp.dtype)
-    ij = jnp.round(pos).astype(jnp.int32) - (s - 1) // 2 + s
-    canvas = jax.lax.dynamic_update_slice(canvas, stamp, (ij[1], ij[0], 0))
-    return canvas[s : s + h, s : s + w]
-
-
 def render_sources(vae_params, vae_config, z, positions, mask, height: int, width: int, psf=None):
     """Decode latents and place each source in the field: ``(n_max, h, w, bands)``.
 
@@ -149,7 +142,8 @@ def render_sources(vae_params, vae_config, z, positions, mask, height: int, widt
         stamps = convolve_fft(stamps, psf)
     frac = positions - jnp.round(positions)
     stamps = jax.vmap(shift_stamp)(stamps, frac)
-    placed = jax.vmap(_place, in_axes=(0, 0, None, None))(stamps, positions, height, width)
+    place = lambda st, p: place_stamp(st, p[0], p[1], height, width)
+    placed = jax.vmap(place)(stamps, positions)
     return placed * mask.astype(placed.dtype)[:, None, None, None]
 
 
