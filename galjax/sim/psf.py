@@ -141,7 +141,8 @@ def convolve_fft(image, kernel, shift=None):
 
     ``out[y, x] = sum_{u, v} image[y - v, x - u] kernel[v + cy, u + cx]`` with the
     kernel centre ``(cy, cx) = (kh // 2, kw // 2)``; both are zero-padded to a
-    fast FFT size of at least ``h + kh - 1`` so there is no wrap-around.
+    fast FFT size of at least ``h + kh // 2``, enough for the output window to be
+    free of wrap-around.
 
     Args:
       image: ``(..., h, w, bands)``.
@@ -156,7 +157,9 @@ def convolve_fft(image, kernel, shift=None):
     """
     h, w = image.shape[-3], image.shape[-2]
     kh, kw = kernel.shape[-3], kernel.shape[-2]
-    ph, pw = fft_size(h + kh - 1), fft_size(w + kw - 1)
+    # The 'same' window [cy, cy + h) of a circular convolution of length N is free of
+    # wrap-around once N >= h + kh // 2, about half the padding of the full h + kh - 1.
+    ph, pw = fft_size(h + kh // 2), fft_size(w + kw // 2)
     fi = jnp.fft.rfft2(image, s=(ph, pw), axes=(-3, -2))
     fk = jnp.fft.rfft2(kernel, s=(ph, pw), axes=(-3, -2))
     nd = max(fi.ndim, fk.ndim)
