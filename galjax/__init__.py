@@ -5,7 +5,10 @@ Subpackages, from the bottom layer up:
 - :mod:`galjax.sim`: differentiable galaxy simulator (profiles, PSFs, noise, blends).
 - :mod:`galjax.io`, :mod:`galjax.transforms`: FITS/tables/cutouts, data-set loaders,
   jit-safe image transforms.
-- :mod:`galjax.train`: the training loop shared by every model.
+- :mod:`galjax.models`: VAE, flow prior, model directories (imported on first use).
+- :mod:`galjax.train`: the training loop shared by every model, and the recipes.
+- :mod:`galjax.deblend`, :mod:`galjax.detect`, :mod:`galjax.baselines`: MAP deblending,
+  detection, baseline methods (imported on first use).
 - :mod:`galjax.metrics`: MSE, SSIM, flux errors, bits/dim, ROC/AUC.
 - :mod:`galjax.plot`: figures; :mod:`galjax.cli`: the ``galjax`` command.
 
@@ -22,4 +25,15 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+local"
 
-__all__ = ["io", "metrics", "sim", "train", "transforms", "__version__"]
+_LAZY = ("models", "deblend", "detect", "baselines", "plot")
+
+__all__ = ["io", "metrics", "sim", "train", "transforms", *_LAZY, "__version__"]
+
+
+def __getattr__(name):
+    # Heavier subpackages (distrax, matplotlib) load on first access, not on `import galjax`.
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'galjax' has no attribute {name!r}")

@@ -103,8 +103,9 @@ def test_stopping_rule_freezes_fields(model, scene):
 
 def test_on_chunk_receives_every_field(model, scene):
     seen = []
+    record = lambda start, r: seen.append((start, r.fluxes.shape[0]))
     deblend(model, scene["field"], scene["pos"], scene["mask"], sigma=scene["sigma"], config=FAST,
-            on_chunk=lambda start, r: seen.append((start, r.fluxes.shape[0])), progress=False)  # fmt: skip
+            on_chunk=record, progress=False)  # fmt: skip
     assert seen == [(0, 2), (2, 1)]
 
 
@@ -164,8 +165,7 @@ def test_sharded_run_equals_single_device(tmp_path):
         np.testing.assert_allclose(a.latents, b.latents, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(a.fluxes, b.fluxes, rtol=1e-5, atol=1e-5)
         print("OK")
-        """
-        % os.path.dirname(__file__)
+        """.replace("%r", repr(os.path.dirname(__file__)))
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

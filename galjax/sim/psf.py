@@ -50,7 +50,8 @@ def _render_psf(sb, size: int, oversample: int, normalise: bool, quad: int = 5):
     """
     if size % 2 != 1 or oversample % 2 != 1:
         raise ValueError(
-            f"size and oversample must be odd so the PSF centre is a sample, got {size}, {oversample}"
+            "size and oversample must be odd so the PSF centre is a sample, got "
+            f"{size}, {oversample}"
         )
     s, q = oversample, quad
     n = size * s
