@@ -191,17 +191,23 @@ def time_galjax(fn, p: dict, batch_sizes, chunk: int, repeats: int) -> list[dict
     return rows
 
 
-def profile_accurate(p: dict, pad: int, psf_size: int, batch: int, repeats: int) -> dict:
-    """Where the accurate configuration spends its time, stage by stage.
+def profile_accurate(
+    p: dict, pad: int, psf_size: int, batch: int, rounds: int, agree_p: dict, ref: np.ndarray
+) -> dict:
+    """Where the accurate configuration spends its time, and what-ifs.
 
     Times the two stages of :func:`galjax.sim.render` separately (sampling the
     profile on the padded sub-pixel grid with cusp refinement, and the FFT
-    convolution), and a what-if: the same convolution with the FFT cropped to
-    the smallest size that is exact for the 45 x 45 output pixels.
+    convolution with its sub-pixel phase ramp) and what-ifs: the convolution
+    without the phase ramp, the convolution with the FFT cropped to the smallest
+    size that is exact for the 45 x 45 output pixels, and a smaller pad / PSF
+    stamp (with its agreement). The stages run round-robin (``rounds`` rounds,
+    best kept) so that changes in machine load hit them alike.
     """
     s = 3
+    fwhm_px = PSF_FWHM / SCALE
     cfg = RenderConfig(oversample=s, pad=pad)
-    psf = moffat_psf(PSF_FWHM / SCALE, PSF_BETA, size=psf_size, oversample=s, normalise=False)
+    psf = moffat_psf(fwhm_px, PSF_BETA, size=psf_size, oversample=s, normalise=False)
     args = galjax_args(take(p, slice(0, batch)))
     hp = STAMP + 2 * pad
 
@@ -210,8 +216,8 @@ def profile_accurate(p: dict, pad: int, psf_size: int, batch: int, repeats: int)
         fn = lambda xx, yy: sersic_sb(xx - c[0], yy - c[1], 1.0, hlr, n, e1, e2)[..., None]
         return pixelate(fn, hp, hp, c, s, reduce=False)
 
-    sub = jnp.asarray(np.random.default_rng(0).random((batch, hp * s, hp * s, 1)), jnp.float32)
-    shift = jnp.full((batch, 2), 0.1, jnp.float32)
+    sub = jax.jit(jax.vmap(sample))(*args)  # realistic sub-pixel galaxy images
+    shift = jnp.asarray(np.random.default_rng(0).uniform(-0.5, 0.5, (batch, 2)), jnp.float32)
     k = psf.shape[0]
     full_fft = fft_size(hp * s + k - 1)
     # Output pixel centres span full-convolution indices [lo, lo + 45 s) with
@@ -219,6 +225,7 @@ def profile_accurate(p: dict, pad: int, psf_size: int, batch: int, repeats: int)
     # keeps every wrapped term out of them.
     crop_fft = fft_size((STAMP + pad) * s + (k - 1) // 2)
     lo = (k - 1) // 2 + pad * s
+    centres = slice(pad * s + s // 2, (pad + STAMP) * s, s)
 
     def conv_crop(img, sh):
         fi = jnp.fft.rfft2(img, s=(crop_fft, crop_fft), axes=(-3, -2))
@@ -231,39 +238,72 @@ def profile_accurate(p: dict, pad: int, psf_size: int, batch: int, repeats: int)
         return out[:, lo + s // 2 : lo + STAMP * s : s, lo + s // 2 : lo + STAMP * s : s]
 
     def conv_full(img, sh):
-        out = convolve_fft(img, psf, shift=sh)
-        return out[
-            :, pad * s + s // 2 : (pad + STAMP) * s : s, pad * s + s // 2 : (pad + STAMP) * s : s
-        ]
+        return convolve_fft(img, psf, shift=sh)[:, centres, centres]
 
+    def conv_no_shift(img, sh):
+        return convolve_fft(img, psf)[:, centres, centres]
+
+    small_pad, small_psf = 8, 45
+    small_cfg = RenderConfig(oversample=s, pad=small_pad)
+    small = moffat_psf(fwhm_px, PSF_BETA, size=small_psf, oversample=s, normalise=False)
     stages = {
-        "render (full)": (galjax_renderer(cfg, psf, s), args),
-        "sample profile (pixelate, reduce=False)": (jax.jit(jax.vmap(sample)), args),
-        f"convolve_fft (FFT {full_fft}^2)": (jax.jit(conv_full), (sub, shift)),
-        f"what-if: cropped FFT ({crop_fft}^2)": (jax.jit(conv_crop), (sub, shift)),
+        "render, vmap": (galjax_renderer(cfg, psf, s), args),
+        "render, lax.map(4)": (galjax_mapped(cfg, psf, s, 4), args),
+        "stage 1: sample profile (pixelate, reduce=False)": (jax.jit(jax.vmap(sample)), args),
+        f"stage 2: convolve_fft with shift (FFT {full_fft}^2)": (jax.jit(conv_full), (sub, shift)),
+        "what-if: convolve_fft without the phase ramp": (jax.jit(conv_no_shift), (sub, shift)),
+        f"what-if: FFT cropped to {crop_fft}^2": (jax.jit(conv_crop), (sub, shift)),
+        f"what-if: render, vmap, pad {small_pad}, PSF {small_psf}": (
+            galjax_renderer(small_cfg, small, s),
+            args,
+        ),
+        f"what-if: render, lax.map(4), pad {small_pad}, PSF {small_psf}": (
+            galjax_mapped(small_cfg, small, s, 4),
+            args,
+        ),
     }
-    out = dict(
-        batch=batch, pad=pad, psf_size=psf_size, fft_size=full_fft, cropped_fft_size=crop_fft
-    )
-    rows = []
+    exes = {}
+    rows = {}
     for name, (fn, a) in stages.items():
         exe, t_compile = compile_jitted(fn, *a)
-        t = best_time(lambda exe=exe, a=a: exe(*a).block_until_ready(), repeats)
+        exe(*a).block_until_ready()  # warm-up
+        exes[name] = (exe, a)
         ca = cost_analysis(exe)
-        rows.append(
-            dict(
-                stage=name,
-                compile_s=t_compile,
-                ms_per_stamp=1e3 * t / batch,
-                xla_gflops_per_stamp=ca.get("flops", float("nan")) / batch / 1e9,
-                xla_mb_accessed_per_stamp=ca.get("bytes accessed", float("nan")) / batch / 1e6,
-            )
+        rows[name] = dict(
+            stage=name,
+            compile_s=t_compile,
+            run_s=float("inf"),
+            xla_gflops_per_stamp=ca.get("flops", float("nan")) / batch / 1e9,
+            xla_mb_accessed_per_stamp=ca.get("bytes accessed", float("nan")) / batch / 1e6,
         )
+    for _ in range(rounds):
+        for name, (exe, a) in exes.items():
+            t0 = time.perf_counter()
+            exe(*a).block_until_ready()
+            rows[name]["run_s"] = min(rows[name]["run_s"], time.perf_counter() - t0)
+    for r in rows.values():
+        r["ms_per_stamp"] = 1e3 * r["run_s"] / batch
     full = np.asarray(jax.jit(conv_full)(sub, shift))
     crop = np.asarray(jax.jit(conv_crop)(sub, shift))
-    out["cropped_vs_full_max_abs_diff_over_peak"] = float(np.abs(full - crop).max() / full.max())
-    out["stages"] = rows
-    return out
+    small_fn = galjax_renderer(small_cfg, small, s)
+    return dict(
+        batch=batch,
+        rounds=rounds,
+        pad=pad,
+        psf_size=psf_size,
+        fft_size=full_fft,
+        cropped_fft_size=crop_fft,
+        cropped_vs_full_max_abs_diff_over_peak=float(np.abs(full - crop).max() / full.max()),
+        small_pad_psf=dict(
+            pad=small_pad,
+            psf_size=small_psf,
+            fft_size=fft_size((STAMP + 2 * small_pad) * s + small_psf * s - 1),
+            agreement_vs_galsim_reference=agreement(
+                np.asarray(small_fn(*galjax_args(agree_p))), ref
+            ),
+        ),
+        stages=list(rows.values()),
+    )
 
 
 def main(argv=None) -> dict:
@@ -421,11 +461,18 @@ def main(argv=None) -> dict:
     if not args.no_profile:
         print("profiling the accurate configuration ...")
         pad, size = escalations[-1]["pad"], escalations[-1]["psf_size"]
-        profile = profile_accurate(time_p, pad, size, min(args.chunk, 1000), args.repeats)
+        profile = profile_accurate(
+            time_p, pad, size, min(args.chunk, 1000), args.repeats, agree_p, ref
+        )
         print(format_table(profile["stages"], [
             ("stage", "stage", ""), ("compile_s", "compile s", ".2f"),
             ("ms_per_stamp", "ms/stamp", ".3f"), ("xla_gflops_per_stamp", "XLA GFLOP", ".3f"),
         ]))  # fmt: skip
+        sp = profile["small_pad_psf"]
+        acc = sp["agreement_vs_galsim_reference"]
+        print(f"pad {sp['pad']}, PSF {sp['psf_size']}: max|diff|/peak "
+              f"{acc['max_abs_diff_over_peak_max']:.1e}, flux {acc['rel_flux_diff_max']:.1e}, "
+              f"meets 1e-3: {acc['meets_tol']}")  # fmt: skip
 
     print()
     print(format_table(table, [

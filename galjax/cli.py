@@ -254,7 +254,7 @@ def _read_positions(path, n_fields, max_sources):
     return pos, mask
 
 
-def _write_deblend_outputs(out, res, flux_err, positions, bands, field_image, title):
+def _write_deblend_outputs(out, res, flux_err, positions, bands, field_image, sigma, title):
     """catalog.ecsv, models.fits, residuals.fits and summary.png for a deblending run."""
     from astropy.io import fits
     from astropy.table import Table
@@ -292,6 +292,7 @@ def _write_deblend_outputs(out, res, flux_err, positions, bands, field_image, ti
         field_image[i],
         res.models[i].sum(axis=0),
         res.residual[i],
+        sigma=sigma[i],
         positions=positions[i][res.mask[i]],
         path=out / "summary.png",
     )
@@ -391,7 +392,9 @@ def _deblend(args) -> int:
             for i in range(0, len(fields), 64)
         ]
     )
-    _write_deblend_outputs(out, res, flux_err, np.asarray(positions), bands, fields, title)
+    _write_deblend_outputs(
+        out, res, flux_err, np.asarray(positions), bands, fields, np.asarray(sigma), title
+    )
     elapsed = time.perf_counter() - t0
     n_gal = int(np.asarray(mask).sum())
     print(

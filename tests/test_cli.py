@@ -33,3 +33,35 @@ def test_simulate_rejects_bad_arguments(tmp_path):
         main(["simulate", "--n", "0", "--out", str(tmp_path / "f.fits")])
     with pytest.raises(SystemExit, match="--out"):
         main(["simulate", "--n", "1", "--out", str(tmp_path / "f.txt")])
+
+
+def test_deblend_user_fields_writes_outputs(tmp_path):
+    import jax
+
+    from galjax.io import write_fits, write_table
+    from galjax.models import FlowConfig, GalaxyModel, VAEConfig, init_flow, init_vae, save_model
+
+    cfg = VAEConfig(stamp_size=15, latent_dim=4, hidden=(16,), enc_channels=(4, 8),
+                    dec_channels=(8, 4), dec_start=4, scale=1.0)  # fmt: skip
+    fcfg = FlowConfig(dim=4, n_layers=2, hidden=(8,))
+    k = jax.random.key(0)
+    save_model(tmp_path / "model", GalaxyModel(cfg, init_vae(k, cfg), fcfg, init_flow(k, fcfg),
+                                               meta={"survey": {"bands": ["r"]}}))  # fmt: skip
+    rng = np.random.default_rng(0)
+    write_fits(tmp_path / "fields.fits", rng.normal(size=(2, 24, 24, 1)).astype(np.float32))
+    write_table(tmp_path / "pos.ecsv", Table({"field": [0, 0, 1], "x": [5.0, 15.2, 12.0],
+                                             "y": [6.0, 17.1, 11.5]}))  # fmt: skip
+    out = tmp_path / "out"
+    args = ["deblend", "--fields", str(tmp_path / "fields.fits"), "--positions",
+            str(tmp_path / "pos.ecsv"), "--sigma", "1.0", "--model", str(tmp_path / "model"),
+            "--out", str(out), "--steps", "10", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    cat = Table.read(out / "catalog.ecsv")
+    assert len(cat) == 3 and set(cat["field"]) == {0, 1}
+    assert {"flux_r", "flux_err_r", "chi2", "converged"} <= set(cat.colnames)
+    with fits.open(out / "models.fits") as hdul:
+        assert hdul[0].data.shape == (4, 1, 24, 24)  # n_fields * n_max rows
+    assert (out / "residuals.fits").exists() and (out / "summary.png").stat().st_size > 0
+    assert len(list((out / "chunks").glob("chunk_*.npz"))) >= 1
+    with pytest.raises(SystemExit, match="--sigma"):
+        main(args[:5] + ["--model", str(tmp_path / "model"), "--out", str(out)])
