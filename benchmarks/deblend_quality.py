@@ -17,9 +17,9 @@ import numpy as np
 from _common import RESULTS_DIR, format_table, machine_info, write_json
 
 from galjax.baselines import fit_scene, segmentation_fluxes
-from galjax.deblend import DeblendConfig, deblend, evaluate, laplace
+from galjax.deblend import DeblendConfig, deblend, evaluate, laplace_flux_errors
 from galjax.models import default_model_dir, load_model
-from galjax.sim import LSST_R, simulate_fields
+from galjax.sim import LSST_R, noise_variance, simulate_fields
 
 
 def _summary(models, fluxes, truth, chi2):
@@ -48,8 +48,7 @@ def main():
     survey = LSST_R
     model = load_model(args.model or default_model_dir("lsst_r"))
     truth = simulate_fields(jax.random.key(args.seed), args.n, survey, n_max=4, progress=True)
-    sky = np.asarray(survey.sky_sigma, np.float32)
-    sigma = np.sqrt(sky**2 + np.maximum(truth.image, 0) / survey.gain)
+    sigma = np.sqrt(noise_variance(truth.image, np.asarray(survey.sky_sigma), survey.gain))
     ivar = 1.0 / sigma**2
     rows, results = [], {}
 
@@ -58,13 +57,7 @@ def main():
     res = deblend(model, truth.image, truth.positions, truth.mask, sigma=sigma, config=cfg)
     t_gal = time.perf_counter() - t0
     s = _summary(res.models, res.fluxes, truth, res.chi2)
-    lap = jax.jit(jax.vmap(lambda r, p, iv: laplace(jax.random.key(0), model, r, p, iv,
-                                                    n_samples=0).flux_err))  # fmt: skip
-    flux_err = np.concatenate([
-        np.asarray(lap(jax.tree.map(lambda a, i=i: a[i : i + 64], res), truth.positions[i : i + 64],
-                       ivar[i : i + 64]))
-        for i in range(0, args.n, 64)
-    ])  # fmt: skip
+    flux_err = laplace_flux_errors(model, res, truth.positions, ivar)
     true_flux = truth.sources.sum(axis=(2, 3))[..., 0]
     sel = truth.mask & (truth.snr >= 10)
     err = flux_err[..., 0][sel]

@@ -23,7 +23,7 @@ from _common import RESULTS_DIR, best_time, cost_analysis, format_table, machine
 
 from galjax.deblend import DeblendConfig, _deblend_chunk, _objective, deblend_field
 from galjax.models import decode, default_model_dir, load_model
-from galjax.sim import LSST_R, simulate_fields
+from galjax.sim import LSST_R, noise_variance, simulate_fields
 
 
 def _peak_rss_mib() -> float:
@@ -69,8 +69,8 @@ def main():
     model = load_model(default_model_dir("lsst_r"))
     n_all = max(args.sizes)
     truth = simulate_fields(jax.random.key(args.seed), n_all, LSST_R, n_max=4, progress=True)
-    sky = np.asarray(LSST_R.sky_sigma, np.float32)
-    sigma = np.sqrt(sky**2 + np.maximum(truth.image, 0) / LSST_R.gain).astype(np.float32)
+    var = noise_variance(truth.image, np.asarray(LSST_R.sky_sigma), LSST_R.gain)
+    sigma = np.sqrt(np.asarray(var, np.float32))
     ivar = (1.0 / sigma**2).astype(np.float32)
     fields, pos, mask = truth.image.astype(np.float32), truth.positions, truth.mask
     params = (model.vae_params, model.flow_params, model.init_params)

@@ -303,10 +303,10 @@ def _write_deblend_outputs(out, res, flux_err, positions, bands, field_image, si
 def _deblend(args) -> int:
     import jax
 
-    from .deblend import DeblendConfig, deblend, evaluate, laplace
+    from .deblend import DeblendConfig, deblend, evaluate, laplace_flux_errors
     from .io import read_fits, read_fits_stack
     from .models import default_model_dir, load_model
-    from .sim import SURVEYS, simulate_fields
+    from .sim import SURVEYS, noise_variance, simulate_fields
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -320,8 +320,7 @@ def _deblend(args) -> int:
         survey = SURVEYS[model.meta["survey"]["name"]]
         f = simulate_fields(jax.random.key(args.seed), args.n, survey, n_max=args.max_sources)
         fields, positions, mask = f.image, f.positions, f.mask
-        var = np.asarray(survey.sky_sigma, np.float32) ** 2 + np.maximum(fields, 0) / survey.gain
-        sigma = np.sqrt(var)
+        sigma = np.sqrt(noise_variance(fields, np.asarray(survey.sky_sigma), survey.gain))
         truth = f
         title = f"galjax deblend --demo: {args.n} simulated {survey.name} fields"
     else:
@@ -372,26 +371,8 @@ def _deblend(args) -> int:
         on_chunk=save_chunk,
         progress=not args.quiet,
     )
-    lap = jax.jit(
-        jax.vmap(
-            lambda r, p, iv: (
-                laplace(jax.random.key(0), model, r, p, iv, psf_arg, n_samples=0).flux_err
-            )
-        )
-    )
     ivar = 1.0 / np.asarray(sigma, np.float32) ** 2
-    flux_err = np.concatenate(
-        [
-            np.asarray(
-                lap(
-                    jax.tree.map(lambda a, i=i: a[i : i + 64], res),
-                    positions[i : i + 64],
-                    ivar[i : i + 64],
-                )
-            )
-            for i in range(0, len(fields), 64)
-        ]
-    )
+    flux_err = laplace_flux_errors(model, res, np.asarray(positions), ivar, psf_arg)
     _write_deblend_outputs(
         out, res, flux_err, np.asarray(positions), bands, fields, np.asarray(sigma), title
     )
@@ -481,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--max-sources", type=int, default=4, help="static maximum per field")
     db.add_argument("--steps", type=int, default=200, help="maximum MAP steps per field")
     db.add_argument(
-        "--chunk", type=int, default=4,
+        "--chunk",
+        type=int,
+        default=4,
         help="fields per compiled call (small on CPU: a chunk runs until its slowest field "
         "converges; large on GPU/TPU)",
     )
