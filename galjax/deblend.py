@@ -458,7 +458,7 @@ def evaluate(models, true_sources, mask, snr=None, snr_min: float = 10.0, stamp:
 
     models = np.asarray(models)
     true_sources = np.asarray(true_sources)
-    sel = np.asarray(mask, bool)
+    sel = np.array(mask, bool)  # a copy: the caller's mask must not change
     if snr is not None:
         sel &= np.asarray(snr) >= snr_min
     f_true = true_sources.sum(axis=(2, 3))[..., 0]

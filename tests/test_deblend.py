@@ -172,3 +172,24 @@ def test_sharded_run_equals_single_device(tmp_path):
                          timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
+
+
+def test_evaluate_scores_flux_and_ssim():
+    from galjax.deblend import evaluate
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:32, :32].astype(np.float32)
+    blob = np.exp(-((xx - 16) ** 2 + (yy - 12) ** 2) / 8.0)[..., None]
+    true = np.zeros((2, 2, 32, 32, 1), np.float32)
+    true[:, 0] = 50 * blob
+    true[:, 1] = 20 * np.roll(blob, 9, axis=1)
+    mask = np.array([[True, True], [True, False]])
+    snr = np.array([[30.0, 5.0], [30.0, 0.0]])
+    same = evaluate(true, true, mask, snr, stamp=15)
+    assert same["summary"]["n_galaxies"] == 2  # the SNR-5 and padded sources are left out
+    np.testing.assert_allclose(same["dflux"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(same["ssim"], 1.0, atol=1e-5)
+    noisy = true * 1.1 + rng.normal(0, 0.5, true.shape).astype(np.float32)
+    ev = evaluate(noisy, true, mask, None, stamp=15)
+    assert ev["summary"]["n_galaxies"] == 3
+    assert np.all(np.abs(ev["dflux"] - 0.1) < 0.1) and np.all(ev["ssim"] < 1.0)
