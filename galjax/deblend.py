@@ -395,8 +395,9 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     """Laplace approximation in latent space around one field's MAP (no field axis).
 
     The Hessian is the Gauss-Newton matrix of the chi^2 term,
-    ``H = J^T diag(w) J`` with ``J = d(sum_i model_i) / dZ``, plus the exact Hessian
-    of ``-log p(z_i)`` from the flow; ``cov = H^-1``. Flux errors propagate
+    ``H = J^T diag(w) J`` with ``J = d(sum_i model_i) / dZ``, plus the Hessian of
+    ``-log p(z_i)`` from the flow with its negative eigenvalues set to zero (so ``H``
+    stays positive definite); ``cov = H^-1``. Flux errors propagate
     ``cov`` through the linearised fluxes; samples decode ``Z ~ N(Z*, cov)``.
     Pure: ``vmap`` over fields with ``in_axes=(0, None, 0, 0, 0)``.
     """
@@ -418,6 +419,10 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
         hp = jax.vmap(jax.hessian(lambda zi: -log_prior(model.flow_params, model.flow_config, zi)))(
             z
         )
+        # Away from its modes the flow's -log p is not convex; an indefinite block can make
+        # cov non-positive and a flux variance negative. Keep its positive-curvature part.
+        evals, evecs = jnp.linalg.eigh(0.5 * (hp + jnp.swapaxes(hp, -1, -2)))
+        hp = jnp.einsum("nij,nj,nkj->nik", evecs, jnp.maximum(evals, 0.0), evecs)
         hp = hp * mask.astype(hp.dtype)[:, None, None] * prior_weight
         hess = hess + jax.scipy.linalg.block_diag(*[hp[i] for i in range(n_max)])
     # Padded sources have no data and no prior: a unit block keeps H invertible.
