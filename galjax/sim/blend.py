@@ -7,6 +7,7 @@ fields at once; :func:`simulate_fields` does that in chunks and returns numpy.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -182,6 +183,15 @@ def simulate_field(
     return Field(image, noiseless, sigma, sources, pos, fluxes, mask, snr, params)
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_simulator(survey: Survey, n_max: int, items: tuple):
+    # One jitted function per (survey, n_max, options): repeated calls reuse its
+    # compiled executables instead of tracing and compiling a new lambda each time.
+    psf = survey.psf()
+    kwargs = dict(items)
+    return jax.jit(jax.vmap(lambda k: simulate_field(k, survey, n_max, psf=psf, **kwargs)))
+
+
 def simulate_fields(
     key,
     n_fields: int,
@@ -213,8 +223,7 @@ def simulate_fields(
         raise ValueError(f"n_min: expected 0 <= n_min <= n_max={n_max}, got {n_min}")
     if chunk < 1:
         raise ValueError(f"chunk: expected >= 1, got {chunk}")
-    psf = survey.psf()
-    fn = jax.jit(jax.vmap(lambda k: simulate_field(k, survey, n_max, psf=psf, **kwargs)))
+    fn = _compiled_simulator(survey, n_max, tuple(sorted(kwargs.items())))
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_fields))
     out = []
     starts = range(0, n_fields, chunk)
