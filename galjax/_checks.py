@@ -80,6 +80,16 @@ def check_image(name: str, x, bands: int | None = None, min_ndim: int = 3):
     return arr
 
 
+def broadcast_as(name: str, x, shape):
+    """Broadcast ``x`` to ``shape``, raising a ``ValueError`` that names the argument."""
+    try:
+        return jnp.broadcast_to(x, shape)
+    except ValueError as err:
+        raise ValueError(
+            f"{name}: expected a shape broadcastable to {tuple(shape)}, got {jnp.shape(x)}"
+        ) from err
+
+
 def check_finite(name: str, x):
     """Raise if a concrete array holds NaN or infinity."""
     if is_concrete(x):

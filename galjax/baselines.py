@@ -44,6 +44,7 @@ from jax.scipy.special import gammaln
 
 from galjax._checks import (
     as_float_array,
+    broadcast_as,
     check_image,
     check_positive,
     check_psf,
@@ -208,25 +209,14 @@ def _check_inputs(image, sigma, psf, pixel_mask, name="image"):
     dtype = image.dtype
     pm = None
     if pixel_mask is not None:
-        pm = as_float_array("pixel_mask", pixel_mask, dtype)
-        try:
-            pm = jnp.broadcast_to(pm, image.shape)
-        except ValueError as err:
-            raise ValueError(
-                f"pixel_mask: expected a shape broadcastable to {image.shape}, got {pm.shape}"
-            ) from err
+        pm = broadcast_as(
+            "pixel_mask", as_float_array("pixel_mask", pixel_mask, dtype), image.shape
+        )
     image, pm = mask_nonfinite(name, image, pm)
     if sigma is None:
         sig = jnp.ones(image.shape, dtype)
     else:
-        sig = as_float_array("sigma", sigma, dtype)
-        try:
-            sig = jnp.broadcast_to(sig, image.shape)
-        except ValueError as err:
-            raise ValueError(
-                f"sigma: expected a per-pixel noise std broadcastable to {image.shape}, "
-                f"got shape {sig.shape}"
-            ) from err
+        sig = broadcast_as("sigma", as_float_array("sigma", sigma, dtype), image.shape)
         check_positive("sigma", sig)
     return image, sig, _check_odd_psf(psf, image.shape[-1]), pm
 
@@ -667,13 +657,7 @@ def gaussian_best_sigma_loglik(image, model, mask=None):
     image, model = image.astype(dtype), model.astype(dtype)
     m = None
     if mask is not None:
-        m = as_float_array("mask", mask, dtype)
-        try:
-            m = jnp.broadcast_to(m, image.shape)
-        except ValueError as err:
-            raise ValueError(
-                f"mask: expected a shape broadcastable to {image.shape}, got {m.shape}"
-            ) from err
+        m = broadcast_as("mask", as_float_array("mask", mask, dtype), image.shape)
     image, m = mask_nonfinite("image", image, m)
     model, m = mask_nonfinite("model", model, m)
     return _best_sigma_loglik(image, model, m)

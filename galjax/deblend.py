@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._checks import check_image, check_positive, check_psf, mask_nonfinite
+from ._checks import broadcast_as, check_image, check_positive, check_psf, mask_nonfinite
 from .models.flow import log_prior
 from .models.store import GalaxyModel
 from .models.vae import decode, encode
@@ -287,11 +287,11 @@ def _prepare(model, fields, positions, mask, sigma, ivar, psf, max_sources):
     if (sigma is None) == (ivar is None):
         raise ValueError("sigma/ivar: give exactly one of the noise std or inverse variance")
     if sigma is not None:
-        sigma = np.broadcast_to(np.asarray(sigma, np.float32), fields.shape)
+        sigma = np.asarray(broadcast_as("sigma", np.asarray(sigma, np.float32), fields.shape))
         check_positive("sigma", sigma[np.isfinite(sigma)])
         ivar = np.where(np.isfinite(sigma), 1.0 / np.where(np.isfinite(sigma), sigma, 1) ** 2, 0)
     else:
-        ivar = np.broadcast_to(np.asarray(ivar, np.float32), fields.shape)
+        ivar = np.asarray(broadcast_as("ivar", np.asarray(ivar, np.float32), fields.shape))
         check_positive("ivar", ivar[np.isfinite(ivar)], allow_zero=True)
         ivar = np.where(np.isfinite(ivar), ivar, 0.0)
     clean, good = mask_nonfinite("fields", fields)
