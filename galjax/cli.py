@@ -170,6 +170,7 @@ def _train(args) -> int:
             bands=survey.n_bands,
             latent_dim=args.latent_dim,
             positive=not args.linear_output,
+            psf_explicit=args.psf_explicit,
         )
         params, hist = train_vae(
             k_fit,
@@ -215,6 +216,7 @@ def _train(args) -> int:
                 lr=args.lr,
                 workdir=out / "logs_init",
                 progress=not args.quiet,
+                psf=survey.psf() if model.vae_config.psf_explicit else None,
             )
             model = model._replace(init_params=iparams, meta=meta)
         save_model(out, model)
@@ -440,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0, help="random seed")
     tr.add_argument(
         "--linear-output", action="store_true", help="no ReLU on the decoder output (vae)"
+    )
+    tr.add_argument(
+        "--psf-explicit",
+        action="store_true",
+        help="decoder draws galaxies before the PSF; deblending then needs the field PSF (vae)",
     )
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_train)

@@ -250,8 +250,20 @@ def _deblend_chunk(params, fields, positions, mask, ivar, psf, static):
     vcfg, fcfg, cfg = static
     vae, flow, init = params
     model = GalaxyModel(vcfg, vae, fcfg, flow, init)
-    fn = lambda f, p, m, iv: deblend_field(model, f, p, m, iv, psf, cfg)
-    return jax.vmap(fn)(fields, positions, mask, ivar)
+    fn = lambda f, p, m, iv, ps: deblend_field(model, f, p, m, iv, ps, cfg)
+    psf_axis = 0 if psf is not None and psf.ndim == 4 else None
+    return jax.vmap(fn, in_axes=(0, 0, 0, 0, psf_axis))(fields, positions, mask, ivar, psf)
+
+
+def _check_psfs(psf, n: int, bands: int):
+    """One PSF ``(ph, pw, bands)`` for all fields or one per field ``(n, ph, pw, bands)``."""
+    arr = np.asarray(psf, np.float32)
+    if arr.ndim == 4:
+        if arr.shape[0] != n:
+            raise ValueError(f"psf: expected {n} per-field PSFs on axis 0, got shape {arr.shape}")
+        checked = [check_psf(f"psf[{i}]", p, bands=bands) for i, p in enumerate(arr)]
+        return np.stack([np.asarray(p) for p in checked])
+    return np.asarray(check_psf("psf", arr, bands=bands))
 
 
 def _prepare(model, fields, positions, mask, sigma, ivar, psf, max_sources):
@@ -299,7 +311,7 @@ def _prepare(model, fields, positions, mask, sigma, ivar, psf, max_sources):
     if vcfg.psf_explicit:
         if psf is None:
             raise ValueError("psf: this model draws galaxies before the PSF; give the field PSF")
-        psf = check_psf("psf", psf, bands=b)
+        psf = _check_psfs(psf, n, b)
     elif psf is not None:
         warnings.warn("psf: ignored, the model's PSF is built in", stacklevel=3)
         psf = None
@@ -320,7 +332,8 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
       mask: ``(n_fields, n_max)`` True for real sources (default all).
       sigma: noise std, broadcastable to ``fields`` (per pixel or per band), or
       ivar: inverse variance (0 = ignore the pixel). Exactly one is required.
-      psf: ``(ph, pw, bands)`` effective PSF (explicit-PSF models only).
+      psf: ``(ph, pw, bands)`` effective PSF shared by all fields, or
+        ``(n_fields, ph, pw, bands)`` one per field (explicit-PSF models only).
       config: :class:`DeblendConfig`.
       max_sources: refuse more than this many sources per field.
       on_chunk: called as ``on_chunk(start, result)`` with numpy results after each
@@ -353,19 +366,23 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
     init = model.init_params if config.use_init_encoder else None
     params = (model.vae_params, model.flow_params, init)
     static = (model.vae_config, model.flow_config, config)
-    psf_arr = None if psf is None else jnp.asarray(psf)
+    per_field_psf = psf is not None and psf.ndim == 4
+    psf_arr = None if psf is None or per_field_psf else jnp.asarray(psf)
     outs = []
     for start in tqdm(range(0, n, chunk), desc="deblending", unit="chunk", disable=not progress):
         sl = slice(start, min(start + chunk, n))
         m = sl.stop - sl.start
-        batch = [a[sl] for a in (fields, positions, mask, ivar)]
+        arrays = (fields, positions, mask, ivar) + ((psf,) if per_field_psf else ())
+        batch = [a[sl] for a in arrays]
         if m < chunk:  # pad the last chunk to the compiled shape
             batch = [np.concatenate([a, np.repeat(a[:1], chunk - m, axis=0)]) for a in batch]
         if mesh is not None:
             from .train.parallel import shard_batch
 
             batch = shard_batch(batch, mesh)
-        res = _deblend_chunk(params, *batch, psf_arr, static)
+        if not per_field_psf:
+            batch = [*batch, psf_arr]
+        res = _deblend_chunk(params, *batch, static)
         res = jax.tree.map(lambda a, m=m: np.asarray(a)[:m], res)
         if on_chunk is not None:
             on_chunk(start, res)
@@ -501,14 +518,20 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
       model: the model used for ``result``.
       result: :class:`DeblendResult` of :func:`deblend` (leading field axis).
       positions: ``(n, n_max, 2)``; ivar: ``(n, h, w, bands)`` inverse variance.
-      psf: effective PSF for explicit-PSF models.
+      psf: effective PSF for explicit-PSF models, ``(ph, pw, bands)`` shared or
+        ``(n, ph, pw, bands)`` per field.
       chunk: fields per compiled call.
     """
-    fn = jax.jit(jax.vmap(lambda r, p, iv: laplace(jax.random.key(0), model, r, p, iv, psf,
-                                                   n_samples=0).flux_err))  # fmt: skip
     n = result.mask.shape[0]
+    per_field = psf is not None and np.ndim(psf) == 4
+    if psf is not None:
+        psf = jnp.asarray(psf, jnp.float32)
+        psf = psf / jnp.sum(psf, axis=(-3, -2), keepdims=True)
+    one = lambda r, p, iv, ps: laplace(jax.random.key(0), model, r, p, iv, ps, n_samples=0)
+    fn = jax.jit(jax.vmap(lambda *a: one(*a).flux_err, in_axes=(0, 0, 0, 0 if per_field else None)))
     parts = []
     for i in range(0, n, chunk):
         sub = jax.tree.map(lambda a, i=i: a[i : i + chunk], result)
-        parts.append(np.asarray(fn(sub, positions[i : i + chunk], ivar[i : i + chunk])))
+        ps = psf[i : i + chunk] if per_field else psf
+        parts.append(np.asarray(fn(sub, positions[i : i + chunk], ivar[i : i + chunk], ps)))
     return np.concatenate(parts)

@@ -22,6 +22,7 @@ from ..models.vae import VAEConfig, decode, elbo, encode, init_vae
 from ..sim.blend import simulate_field
 from ..sim.galaxy import render_galaxy
 from ..sim.noise import noise_variance
+from ..sim.psf import convolve_fft
 from ..sim.survey import Survey, sample_galaxy
 from ..transforms import cutouts
 from .config import TrainConfig
@@ -102,9 +103,12 @@ def vae_loss(config: VAEConfig, survey: Survey, kl_weight: float = 1.0, denoise:
 
     ``batch["image"]`` holds noiseless stamps; the noise is
     ``N(0, sky^2 + image / gain)``. With ``denoise`` the likelihood scores the
-    noiseless image (MADNESS), otherwise the noisy one (Regier et al.).
+    noiseless image (MADNESS), otherwise the noisy one (Regier et al.). An
+    explicit-PSF model (``config.psf_explicit``) draws the galaxy before the PSF
+    and is scored after convolution with the survey's effective PSF.
     """
     sky = jnp.asarray(survey.sky_sigma, jnp.float32)
+    psf = survey.psf() if config.psf_explicit else None
     npix = config.stamp_size**2 * config.bands
 
     def loss_fn(params, key, batch):
@@ -113,7 +117,9 @@ def vae_loss(config: VAEConfig, survey: Survey, kl_weight: float = 1.0, denoise:
         sigma = jnp.sqrt(noise_variance(clean, sky, survey.gain))
         noisy = clean + sigma * jax.random.normal(k_noise, clean.shape, clean.dtype)
         target = clean if denoise else noisy
-        t = elbo(k_z, params, config, noisy, target=target, sigma=sigma, kl_weight=kl_weight)
+        t = elbo(
+            k_z, params, config, noisy, target=target, sigma=sigma, psf=psf, kl_weight=kl_weight
+        )
         loss = -jnp.mean(t.elbo) / npix
         return loss, {"nll_per_pixel": -jnp.mean(t.loglik) / npix, "kl": jnp.mean(t.kl)}
 
@@ -210,12 +216,16 @@ def train_init_encoder(
     lr: float = 5e-4,
     workdir=None,
     progress: bool = True,
+    psf=None,
 ):
     """Retrain the encoder on blended cutouts with the decoder frozen (MADNESS stage 3).
 
     Loss: ``chi^2(target, f_mu(g_mu(cutout))) / n_pixels`` with the cutouts' noise;
-    returns the full VAE parameter tree with the new encoder.
+    returns the full VAE parameter tree with the new encoder. Explicit-PSF
+    models need ``psf`` ``(ph, pw, bands)``, the PSF of the cutouts.
     """
+    if config.psf_explicit and psf is None:
+        raise ValueError("psf: this model has psf_explicit=True; give the cutouts' PSF")
     tx = optax.multi_transform(
         {"train": _adam(lr, train.n_steps), "frozen": optax.set_to_zero()},
         {k: ("train" if k == "encoder" else "frozen") for k in vae_params},
@@ -225,6 +235,8 @@ def train_init_encoder(
     def loss_fn(params, key, batch):
         mu, _ = encode(params, config, batch["cutout"])
         f_mu, _ = decode(params, config, mu)
+        if config.psf_explicit:
+            f_mu = convolve_fft(f_mu, psf)
         # Cutouts reaching past the field edge have sigma = 0 there: weight 0, not inf.
         sig = batch["sigma"]
         ivar = jnp.where(sig > 0, 1.0 / jnp.where(sig > 0, sig, 1.0) ** 2, 0.0)
