@@ -60,9 +60,17 @@ def _train(key, survey, n_train, n_steps, batch):
         denoise=False,
     )
     last = hist["train"][-1]
-    return cfg, params, {"train_s": time.perf_counter() - t0, "n_train": n_train,
-                         "n_steps": n_steps, "batch": batch,
-                         "final_nll_per_pixel": float(last["nll_per_pixel"])}
+    return (
+        cfg,
+        params,
+        {
+            "train_s": time.perf_counter() - t0,
+            "n_train": n_train,
+            "n_steps": n_steps,
+            "batch": batch,
+            "final_nll_per_pixel": float(last["nll_per_pixel"]),
+        },
+    )
 
 
 def _compare(params, cfg, x, sigma, mask):
@@ -72,8 +80,12 @@ def _compare(params, cfg, x, sigma, mask):
     m = jnp.asarray(mask, jnp.float32)
     npix = jnp.sum(m, axis=(-3, -2, -1))
     ll_vae = gaussian_loglik(x, f_mu, log_sigma=f_ls, mask=m)
-    fits = [fit_gaussian(x[i : i + 100], sigma=sigma[i : i + 100], pixel_mask=mask[i : i + 100],
-                         n_steps=300) for i in range(0, len(x), 100)]
+    fits = [
+        fit_gaussian(
+            x[i : i + 100], sigma=sigma[i : i + 100], pixel_mask=mask[i : i + 100], n_steps=300
+        )
+        for i in range(0, len(x), 100)
+    ]
     g_model = jnp.concatenate([f.model for f in fits])
     ll_gauss = gaussian_best_sigma_loglik(x, g_model, mask=m)
     mse_vae = jnp.sum(m * (x - f_mu) ** 2, axis=(-3, -2, -1)) / npix
@@ -99,21 +111,29 @@ def _cosmos(stamp):
     for img, sg in zip(s.images, sig, strict=True):
         img = np.asarray(img, np.float64)[..., 0] / sg
         h, w = img.shape
-        out = np.zeros((stamp, stamp)); m = np.zeros((stamp, stamp))
+        out = np.zeros((stamp, stamp))
+        m = np.zeros((stamp, stamp))
         # centre crop or pad (the same pixel convention as galjax.transforms.crop_or_pad)
         sy, sx = max((h - stamp) // 2, 0), max((w - stamp) // 2, 0)
         dy, dx = max((stamp - h) // 2, 0), max((stamp - w) // 2, 0)
         ch, cw = min(h, stamp), min(w, stamp)
         out[dy : dy + ch, dx : dx + cw] = img[sy : sy + ch, sx : sx + cw]
         m[dy : dy + ch, dx : dx + cw] = 1.0
-        imgs.append(out); masks.append(m)
+        imgs.append(out)
+        masks.append(m)
     x = np.asarray(imgs, np.float32)[..., None]
     mask = np.asarray(masks, np.float32)[..., None]
     mags = np.asarray(s.catalog["MAG"], float)
     # Zeropoint that puts these stamps in noise units: compare with HST_F814W's.
     zp_noise_units = float(np.median(25.94 - 2.5 * np.log10(sig)))
-    return x, mask, {"median_zeropoint_in_noise_units": zp_noise_units,
-                     "mag_range": [float(mags.min()), float(mags.max())]}
+    return (
+        x,
+        mask,
+        {
+            "median_zeropoint_in_noise_units": zp_noise_units,
+            "mag_range": [float(mags.min()), float(mags.max())],
+        },
+    )
 
 
 def main():
@@ -156,17 +176,28 @@ def main():
     results["hst_sim"] = r | {"train": train_h}
     rows.append({"set": "HST-like sims (64x64)", **r})
 
-    print(format_table(rows, [("set", "set", "s"), ("n_images", "n", "d"),
-                              ("frac_lower_mse", "lower MSE", ".3f"),
-                              ("frac_more_probable", "more probable", ".3f"),
-                              ("median_mse_ratio_vae_over_gauss", "MSE ratio", ".3f")]))
-    write_json(RESULTS_DIR / "vae_vs_gaussian.json", {
-        "benchmark": "vae_vs_gaussian",
-        "machine": machine_info(),
-        "config": {"vae": dataclasses.asdict(REGIER_MLP), **vars(args)},
-        "reference": {"frac_lower_mse": 0.971, "frac_more_probable": 0.972},
-        "results": results,
-    })
+    print(
+        format_table(
+            rows,
+            [
+                ("set", "set", "s"),
+                ("n_images", "n", "d"),
+                ("frac_lower_mse", "lower MSE", ".3f"),
+                ("frac_more_probable", "more probable", ".3f"),
+                ("median_mse_ratio_vae_over_gauss", "MSE ratio", ".3f"),
+            ],
+        )
+    )
+    write_json(
+        RESULTS_DIR / "vae_vs_gaussian.json",
+        {
+            "benchmark": "vae_vs_gaussian",
+            "machine": machine_info(),
+            "config": {"vae": dataclasses.asdict(REGIER_MLP), **vars(args)},
+            "reference": {"frac_lower_mse": 0.971, "frac_more_probable": 0.972},
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ __all__ = [
     "laplace",
     "evaluate",
     "laplace_flux_errors",
+    "pad_fields",
 ]
 
 
@@ -316,6 +317,73 @@ def _prepare(model, fields, positions, mask, sigma, ivar, psf, max_sources):
         warnings.warn("psf: ignored, the model's PSF is built in", stacklevel=3)
         psf = None
     return np.asarray(clean, np.float32), positions, mask, ivar, psf
+
+
+def pad_fields(images, ivars, positions, psfs=None):
+    """Stack fields of different shapes into one batch for a single compiled call.
+
+    Each field goes to the lower-left corner (same pixel coordinates) of an
+    ``(H, W)`` canvas, ``H, W`` the largest height and width; padded pixels get
+    zero weight, so they do not enter the objective. Positions are padded to the
+    largest source count with a mask; PSFs of different sizes are zero-padded
+    about their centres to the largest (odd) size.
+
+    Args:
+      images: sequence of ``(h_i, w_i, bands)`` fields.
+      ivars: matching inverse-variance maps (0 = unusable pixel).
+      positions: sequence of ``(n_i, 2)`` source positions ``(x, y)``.
+      psfs: optional sequence of ``(ph_i, pw_i, bands)`` PSFs with odd sizes.
+
+    Returns:
+      ``(fields, ivar, positions, mask, psfs)``: ``(n, H, W, bands)`` float32 twice,
+      ``(n, n_max, 2)``, ``(n, n_max)`` bool and ``(n, PH, PW, bands)`` (or None).
+
+    >>> f, iv, p, m, _ = pad_fields([np.ones((4, 5, 1)), np.ones((6, 3, 1))],
+    ...                             [np.ones((4, 5, 1)), np.ones((6, 3, 1))],
+    ...                             [np.array([[1.0, 2.0]]), np.zeros((0, 2))])
+    >>> f.shape, float(iv[0, 5, 0, 0]), m.tolist()
+    ((2, 6, 5, 1), 0.0, [[True], [False]])
+    """
+    images = [np.asarray(check_image(f"images[{i}]", a, min_ndim=3)) for i, a in enumerate(images)]
+    if len(images) == 0:
+        raise ValueError("images: expected at least one field")
+    if len(ivars) != len(images) or len(positions) != len(images):
+        raise ValueError(
+            f"ivars, positions: expected {len(images)} entries each (one per field), got "
+            f"{len(ivars)} and {len(positions)}"
+        )
+    bands = {a.shape[-1] for a in images}
+    if len(bands) != 1:
+        raise ValueError(f"images: all fields need the same number of bands, got {sorted(bands)}")
+    b = bands.pop()
+    h, w = max(a.shape[0] for a in images), max(a.shape[1] for a in images)
+    n_max = max(max((len(p) for p in positions), default=1), 1)
+    n = len(images)
+    fields = np.zeros((n, h, w, b), np.float32)
+    ivar = np.zeros_like(fields)
+    pos = np.zeros((n, n_max, 2), np.float32)
+    mask = np.zeros((n, n_max), bool)
+    for i, (img, iv, p) in enumerate(zip(images, ivars, positions, strict=True)):
+        iv = np.asarray(iv, np.float32)
+        if iv.shape != img.shape:
+            raise ValueError(f"ivars[{i}]: expected shape {img.shape}, got {iv.shape}")
+        p = np.asarray(p, np.float32).reshape(-1, 2)
+        fields[i, : img.shape[0], : img.shape[1]] = img
+        ivar[i, : img.shape[0], : img.shape[1]] = iv
+        pos[i, : len(p)], mask[i, : len(p)] = p, True
+    if psfs is None:
+        return fields, ivar, pos, mask, None
+    if len(psfs) != n:
+        raise ValueError(f"psfs: expected {n} PSFs (one per field), got {len(psfs)}")
+    psfs = [np.asarray(check_psf(f"psfs[{i}]", q, bands=b)) for i, q in enumerate(psfs)]
+    if any(q.shape[0] % 2 == 0 or q.shape[1] % 2 == 0 for q in psfs):
+        raise ValueError("psfs: expected odd sizes, centred on a pixel")
+    ph, pw = max(q.shape[0] for q in psfs), max(q.shape[1] for q in psfs)
+    out = np.zeros((n, ph, pw, b), np.float32)
+    for i, q in enumerate(psfs):
+        oy, ox = (ph - q.shape[0]) // 2, (pw - q.shape[1]) // 2
+        out[i, oy : oy + q.shape[0], ox : ox + q.shape[1]] = q
+    return fields, ivar, pos, mask, out
 
 
 def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, ivar=None,

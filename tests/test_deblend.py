@@ -220,3 +220,23 @@ def test_explicit_psf_per_field_equals_separate_runs(scene):
         deblend(model, f, p, m, sigma=s, psf=psfs[:2], config=FAST, progress=False)
     with pytest.raises(ValueError, match="psf"):
         deblend(model, f, p, m, sigma=s, config=FAST, progress=False)
+
+
+def test_pad_fields_stacks_scenes_of_different_shapes():
+    from galjax.deblend import pad_fields
+    from galjax.sim import gaussian_psf
+
+    imgs = [np.ones((4, 5, 2)), 2 * np.ones((6, 3, 2))]
+    psfs = [np.asarray(gaussian_psf([1.0, 1.0], 5)), np.asarray(gaussian_psf([1.0, 1.0], 7))]
+    f, iv, p, m, ps = pad_fields(imgs, imgs, [np.array([[1.0, 2.0]]), np.zeros((0, 2))], psfs)
+    assert f.shape == (2, 6, 5, 2) and ps.shape == (2, 7, 7, 2)
+    assert f[1, :6, :3].min() == 2 and iv[1, :, 3:].max() == 0 and iv[0, 4:].max() == 0
+    np.testing.assert_allclose(ps.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    assert ps[0, 3, 3, 0] == ps[0].max()  # the small PSF stays centred
+    assert m.tolist() == [[True], [False]]
+    with pytest.raises(ValueError, match="bands"):
+        pad_fields([np.ones((4, 5, 1)), np.ones((4, 5, 2))], [None, None], [[], []])
+    with pytest.raises(ValueError, match="ivars"):
+        pad_fields(imgs, imgs[:1], [[], []])
+    with pytest.raises(ValueError, match="ivars\\[0\\]"):
+        pad_fields(imgs, [np.ones((2, 2, 2)), imgs[1]], [[], []])
