@@ -125,9 +125,12 @@ def _load_stamps(args, survey, key):
     from .train.recipes import make_stamps
 
     if args.stamps:
-        from .io import read_fits_stack
+        from .io import load_fits_folder, read_fits_stack
 
-        img = read_fits_stack(args.stamps).data.astype(np.float32)
+        if Path(args.stamps).is_dir():  # one stamp per FITS file
+            img = load_fits_folder(args.stamps).images.astype(np.float32)
+        else:
+            img = read_fits_stack(args.stamps).data.astype(np.float32)
         if img.shape[1] != survey.stamp_size or img.shape[-1] != survey.n_bands:
             raise SystemExit(
                 f"--stamps: expected (n, {survey.stamp_size}, {survey.stamp_size}, "
@@ -432,7 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--out", required=True, help="model directory (read and updated)")
     tr.add_argument("--survey", default="lsst_r", help="built-in survey to simulate (vae)")
-    tr.add_argument("--stamps", help="FITS stack of isolated stamps instead of the simulator")
+    tr.add_argument(
+        "--stamps",
+        help="FITS stack (n, bands, h, w) or a folder of FITS stamps, instead of the simulator",
+    )
     tr.add_argument("--n-stamps", type=int, default=32768, help="simulated training stamps")
     tr.add_argument("--n-fields", type=int, default=4096, help="blended fields (init)")
     tr.add_argument("--steps", type=int, default=6000, help="optimiser steps")
@@ -477,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.add_argument("--quiet", action="store_true", help="no progress bar")
     db.set_defaults(func=_deblend)
+
+    # Sub-commands of the other capabilities live beside their modules.
+    from . import cli_mask
+
+    cli_mask.register(sub)
     return parser
 
 

@@ -65,3 +65,25 @@ def test_deblend_user_fields_writes_outputs(tmp_path):
     assert len(list((out / "chunks").glob("chunk_*.npz"))) >= 1
     with pytest.raises(SystemExit, match="--sigma"):
         main(args[:5] + ["--model", str(tmp_path / "model"), "--out", str(out)])
+
+
+def test_train_vae_from_a_folder_of_fits_stamps(tmp_path):
+    """`galjax train vae --stamps DIR` reads one stamp per FITS file and writes a model."""
+    from galjax.models import load_model
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:45, :45]
+    folder = tmp_path / "stamps"
+    folder.mkdir()
+    for i in range(6):
+        img = 50.0 * np.exp(-((xx - 22) ** 2 + (yy - 22) ** 2) / (2 * (2 + i) ** 2))
+        fits.writeto(folder / f"g{i}.fits", (img + rng.normal(0, 0.1, img.shape)).astype("f4"))
+    out = tmp_path / "model"
+    argv = ["train", "vae", "--out", str(out), "--stamps", str(folder), "--steps", "3",
+            "--batch", "2", "--latent-dim", "4", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    model = load_model(out)
+    assert model.vae_config.latent_dim == 4 and model.vae_config.stamp_size == 45
+    fits.writeto(folder / "odd.fits", np.zeros((30, 30), "f4"))
+    with pytest.raises(ValueError, match="differ in shape"):
+        main(argv)
