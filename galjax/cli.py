@@ -485,9 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(func=_deblend)
 
     # Sub-commands of the other capabilities live beside their modules.
-    from . import cli_mask
+    from . import cli_gan, cli_mask
 
     cli_mask.register(sub)
+    cli_gan.register(sub)
     return parser
 
 
