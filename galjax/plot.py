@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from galjax._checks import check_image
 
-__all__ = ["image_grid", "field_panels"]
+__all__ = ["image_grid", "field_panels", "reconstructions", "latent_traversal", "latent_embedding"]
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -250,5 +250,123 @@ def field_panels(
         h, w = shown_resid.shape
         ax.set_xlim(-0.5, w - 0.5)  # sources off the image must not widen the axes
         ax.set_ylim(-0.5, h - 0.5)
+    _save(fig, path)
+    return fig
+
+
+def reconstructions(images, f_mu, f_sigma=None, path=None, *, band: int = 0, n: int = 8,
+                    panel_size: float = 1.5) -> Figure:  # fmt: skip
+    """VAE reconstructions: input, ``f_mu``, ``f_sigma`` (if learned) and residual rows.
+
+    The input and ``f_mu`` share one asinh normalisation per column; ``f_sigma`` is
+    shown on its own linear scale, the residual ``x - f_mu`` on a diverging map with
+    symmetric limits (in units of ``f_sigma`` when it is given).
+
+    Args:
+      images, f_mu: ``(n, h, w, bands)`` inputs and decoded means.
+      f_sigma: optional ``(n, h, w, bands)`` decoded per-pixel standard deviations.
+      path: file to save to, or None.
+      band: band shown; n: columns (first ``n`` images).
+    """
+    x = np.asarray(check_image("images", images, min_ndim=4), np.float64)
+    mu = np.asarray(check_image("f_mu", f_mu, min_ndim=4), np.float64)
+    if x.shape != mu.shape:
+        raise ValueError(f"images, f_mu: expected equal shapes, got {x.shape} and {mu.shape}")
+    sig = None if f_sigma is None else np.asarray(check_image("f_sigma", f_sigma), np.float64)
+    if sig is not None and sig.shape != x.shape:
+        raise ValueError(f"f_sigma: expected shape {x.shape}, got {sig.shape}")
+    if not 0 <= band < x.shape[-1]:
+        raise ValueError(f"band: expected an index in [0, {x.shape[-1]}), got {band}")
+    k = min(n, x.shape[0])
+    rows = ["input", "f_mu"] + (["f_sigma"] if sig is not None else []) + ["residual"]
+    fig = _figure(panel_size * k, panel_size * len(rows))
+    axes = fig.subplots(len(rows), k, squeeze=False)
+    for j in range(k):
+        norm = _norm(x[j, ..., band], 99.5, 0.1)
+        res = x[j, ..., band] - mu[j, ..., band]
+        if sig is not None:
+            res = res / np.maximum(sig[j, ..., band], 1e-12)
+        lim = max(float(np.max(np.abs(res))), 1e-12)
+        panels = [(x[j, ..., band], dict(cmap="gray", norm=norm)),
+                  (mu[j, ..., band], dict(cmap="gray", norm=norm))]  # fmt: skip
+        if sig is not None:
+            panels.append((sig[j, ..., band], dict(cmap="viridis")))
+        panels.append((res, dict(cmap="RdBu_r", vmin=-lim, vmax=lim)))
+        for i, (img, kw) in enumerate(panels):
+            axes[i, j].imshow(img, origin="lower", **kw)
+            axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+    for i, name in enumerate(rows):
+        label = "residual / f_sigma" if (name == "residual" and sig is not None) else name
+        axes[i, 0].set_ylabel(label, fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def latent_traversal(grid, path=None, *, dims: Sequence[int] | None = None, span: float = 3.0,
+                     band: int = 0, panel_size: float = 1.1) -> Figure:  # fmt: skip
+    """Latent traversals, one dimension per row (see :func:`galjax.models.vae.traverse`).
+
+    Args:
+      grid: ``(n_dims, n_steps, h, w, bands)`` decoded images.
+      path: file to save to, or None.
+      dims: the dimension index of each row (for the labels; default ``0..n_dims-1``).
+      span: the traversal's ``|t|`` range in prior sigmas (for the column titles).
+      band: band shown. Each row shares one asinh normalisation.
+    """
+    g = np.asarray(grid, np.float64)
+    if g.ndim != 5:
+        raise ValueError(f"grid: expected (n_dims, n_steps, h, w, bands), got shape {g.shape}")
+    nd, ns = g.shape[:2]
+    dims = list(range(nd)) if dims is None else list(dims)
+    if len(dims) != nd:
+        raise ValueError(f"dims: expected {nd} labels (one per row), got {len(dims)}")
+    fig = _figure(panel_size * ns, panel_size * nd + 0.3)
+    axes = fig.subplots(nd, ns, squeeze=False)
+    t = np.linspace(-span, span, ns)
+    for i in range(nd):
+        norm = _norm(g[i, ..., band], 99.5, 0.1)
+        for j in range(ns):
+            axes[i, j].imshow(g[i, j, ..., band], cmap="gray", norm=norm, origin="lower")
+            axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+            if i == 0:
+                axes[i, j].set_title(f"{t[j]:+.1f} sigma", fontsize=7)
+        axes[i, 0].set_ylabel(f"z[{dims[i]}]", fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+def latent_embedding(z, color=None, path=None, *, label: str = "", s: float = 4.0) -> Figure:
+    """2-D embedding of posterior means by PCA (the two leading principal axes).
+
+    Args:
+      z: ``(n, latent_dim)`` posterior means ``g_mu(x)``.
+      color: optional ``(n,)`` values to colour the points by (e.g. log flux, size).
+      path: file to save to, or None.
+      label: colour-bar label.
+
+    Returns:
+      The figure; the axes titles give the variance fraction of each axis.
+    """
+    z = np.asarray(z, np.float64)
+    if z.ndim != 2 or z.shape[0] < 3 or z.shape[1] < 2:
+        raise ValueError(f"z: expected (n >= 3, latent_dim >= 2) latents, got shape {z.shape}")
+    if not np.all(np.isfinite(z)):
+        raise ValueError("z: expected finite latents")
+    zc = z - z.mean(axis=0)
+    _, sv, vt = np.linalg.svd(zc, full_matrices=False)
+    xy = zc @ vt[:2].T
+    frac = sv**2 / np.sum(sv**2)
+    fig = _figure(4.6, 4.0)
+    ax = fig.subplots()
+    if color is not None:
+        c = np.asarray(color, np.float64)
+        if c.shape != (z.shape[0],):
+            raise ValueError(f"color: expected shape ({z.shape[0]},), got {c.shape}")
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=c, s=s, cmap="viridis")
+        fig.colorbar(sc, ax=ax, label=label)
+    else:
+        ax.scatter(xy[:, 0], xy[:, 1], s=s)
+    ax.set_xlabel(f"PC 1 ({frac[0]:.0%} of variance)")
+    ax.set_ylabel(f"PC 2 ({frac[1]:.0%} of variance)")
     _save(fig, path)
     return fig

@@ -77,3 +77,35 @@ def test_field_panels_bad_input():
         field_panels(f, f, band=2)
     with pytest.raises(ValueError, match="field"):
         field_panels(np.ones((2, 16, 16, 1)), np.ones((2, 16, 16, 1)))
+
+
+def test_vae_figures_reconstructions_traversal_embedding(tmp_path):
+    import jax
+
+    from galjax.models.vae import VAEConfig, decode, encode, init_vae, traverse
+    from galjax.plot import latent_embedding, latent_traversal, reconstructions
+
+    cfg = VAEConfig(stamp_size=15, latent_dim=3, hidden=(16,), enc_channels=(4, 8),
+                    dec_channels=(8, 4), dec_start=4, likelihood="learned")  # fmt: skip
+    params = init_vae(jax.random.key(0), cfg)
+    x = np.random.default_rng(0).normal(size=(5, 15, 15, 1)).astype(np.float32)
+    mu, _ = encode(params, cfg, x)
+    f_mu, f_ls = decode(params, cfg, mu)
+    fig = reconstructions(x, f_mu, np.exp(f_ls), tmp_path / "rec.png", n=4)
+    assert len(fig.axes) == 16 and (tmp_path / "rec.png").stat().st_size > 0
+    grid = traverse(params, cfg, dims=[0, 2], n_steps=5)
+    assert grid.shape == (2, 5, 15, 15, 1)
+    # The middle column is the prior mean decoded; the rows differ along their dimension.
+    np.testing.assert_allclose(grid[0, 2], grid[1, 2], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(grid[0, 0], grid[0, -1])
+    fig = latent_traversal(grid, tmp_path / "trav.png", dims=[0, 2])
+    assert len(fig.axes) == 10
+    z = np.random.default_rng(1).normal(size=(50, 3))
+    fig = latent_embedding(z, color=z[:, 0], path=tmp_path / "emb.png", label="z0")
+    assert isinstance(fig, Figure) and (tmp_path / "emb.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="f_mu"):
+        reconstructions(x, f_mu[:2])
+    with pytest.raises(ValueError, match="dims"):
+        traverse(params, cfg, dims=[5])
+    with pytest.raises(ValueError, match="color"):
+        latent_embedding(z, color=np.ones(3))

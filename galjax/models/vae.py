@@ -41,6 +41,7 @@ __all__ = [
     "kl_normal",
     "gaussian_loglik",
     "sample",
+    "traverse",
     "ElboTerms",
     "REGIER_MLP",
     "LSST_CONV",
@@ -313,3 +314,36 @@ def sample(key, params, config: VAEConfig, n: int, psf=None):
     if config.psf_explicit:
         f_mu = convolve_fft(f_mu, _require_psf(psf))
     return f_mu
+
+
+def traverse(params, config: VAEConfig, z=None, dims=None, n_steps: int = 7, span: float = 3.0,
+             psf=None):  # fmt: skip
+    """Latent traversals: decode ``z + t e_d`` for ``t`` in ``[-span, span]`` (prior sigmas).
+
+    Args:
+      params: VAE parameters; config: :class:`VAEConfig`.
+      z: ``(latent_dim,)`` starting point (default the prior mean, 0).
+      dims: latent dimensions to traverse (default all).
+      n_steps: values of ``t`` per dimension (odd keeps ``t = 0`` in the middle).
+      span: largest ``|t|`` in units of the prior's standard deviation (1).
+      psf: effective PSF for explicit-PSF models.
+
+    Returns:
+      ``(len(dims), n_steps, s, s, bands)`` decoded means ``f_mu``, one row per dimension.
+    """
+    d = config.latent_dim
+    z = jnp.zeros((d,), jnp.float32) if z is None else jnp.asarray(z, jnp.float32)
+    if z.shape != (d,):
+        raise ValueError(f"z: expected shape ({d},), got {z.shape}")
+    dims = list(range(d)) if dims is None else [int(i) for i in dims]
+    if any(not 0 <= i < d for i in dims):
+        raise ValueError(f"dims: expected indices in [0, {d}), got {dims}")
+    if n_steps < 2 or not span > 0:
+        raise ValueError("n_steps must be >= 2 and span > 0")
+    t = jnp.linspace(-span, span, n_steps, dtype=jnp.float32)
+    eye = jnp.eye(d, dtype=jnp.float32)[jnp.asarray(dims)]  # (k, d)
+    zs = z[None, None, :] + t[None, :, None] * eye[:, None, :]
+    f_mu, _ = decode(params, config, zs.reshape(-1, d))
+    if config.psf_explicit:
+        f_mu = convolve_fft(f_mu, _require_psf(psf))
+    return f_mu.reshape((len(dims), n_steps) + f_mu.shape[1:])
