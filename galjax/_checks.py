@@ -177,3 +177,16 @@ def check_psf(name: str, psf, bands: int | None = None, normalise: bool = True):
         if not normalise and np.any(np.abs(t - 1) > 1e-3):
             raise ValueError(f"{name}: PSF must sum to 1 per band, got sums {t}")
     return arr / total if normalise else arr
+
+
+def check_probabilities(name: str, x) -> None:
+    """Refuse non-finite values or values outside ``[0, 1]`` (concrete inputs only)."""
+    if is_concrete(x):
+        a = np.asarray(x)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name}: expected finite probabilities, found NaN/inf")
+        if a.size and (a.min() < 0 or a.max() > 1):
+            raise ValueError(
+                f"{name}: expected probabilities in [0, 1], got range "
+                f"[{float(a.min()):.6g}, {float(a.max()):.6g}]"
+            )

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from galjax._checks import as_float_array, is_concrete
+from galjax._checks import as_float_array, check_probabilities, is_concrete
 from galjax.metrics import auc, roc_curve
 
 __all__ = [
@@ -62,16 +62,7 @@ class ReliabilityCurve(NamedTuple):
     weight: jax.Array
 
 
-def _check_unit(name, x):
-    if is_concrete(x):
-        a = np.asarray(x)
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name}: expected finite probabilities, found NaN/inf")
-        if a.size and (a.min() < 0 or a.max() > 1):
-            raise ValueError(
-                f"{name}: expected probabilities in [0, 1], got range "
-                f"[{float(a.min()):.6g}, {float(a.max()):.6g}]"
-            )
+_check_unit = check_probabilities
 
 
 def _event(probs, labels):

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from galjax._checks import as_float_array, check_image, is_concrete
+from galjax._checks import as_float_array, check_image, check_probabilities, is_concrete
 from galjax.train import TrainConfig, fit, init_state, make_eval_step, make_train_step
 
 __all__ = [
@@ -183,15 +183,9 @@ def _check_probs(name: str, probs, atol: float = 1e-3):
             f"{name}: expected probabilities shaped (..., n_classes) with n_classes >= 2, "
             f"got shape {p.shape}"
         )
+    check_probabilities(name, p)
     if is_concrete(p):
         a = np.asarray(p)
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name}: expected finite probabilities, found NaN/inf")
-        if a.size and (a.min() < 0 or a.max() > 1):
-            raise ValueError(
-                f"{name}: expected probabilities in [0, 1], got range "
-                f"[{float(a.min()):.6g}, {float(a.max()):.6g}]"
-            )
         s = a.sum(axis=-1)
         if s.size and np.max(np.abs(s - 1)) > atol:
             raise ValueError(
