@@ -219,7 +219,7 @@ def _train(args) -> int:
                 lr=args.lr,
                 workdir=out / "logs_init",
                 progress=not args.quiet,
-                psf=survey.psf() if model.vae_config.psf_explicit else None,
+                psf=survey.pixel_psf() if model.vae_config.psf_explicit else None,
             )
             model = model._replace(init_params=iparams, meta=meta)
         save_model(out, model)

@@ -484,3 +484,25 @@ def test_sharded_fit_matches_single_device(tmp_path):
         sharded["ema"], np.asarray(state.ema_params["w"]), rtol=1e-5, atol=1e-6
     )
     np.testing.assert_allclose(sharded["eval"], [r["loss"] for r in hist["eval"]], rtol=1e-5)
+
+
+def test_explicit_psf_vae_loss_convolves_with_the_pixel_level_psf():
+    """The explicit-PSF loss scores f_mu * survey.pixel_psf(), the PSF at the stamps' sampling."""
+    import dataclasses
+
+    from galjax.models.vae import VAEConfig, elbo, init_vae
+    from galjax.sim import LSST_R, noise_variance
+    from galjax.train.recipes import vae_loss
+
+    cfg = VAEConfig(stamp_size=15, latent_dim=3, hidden=(8,), enc_channels=(4,),
+                    dec_channels=(4, 4), dec_start=4, psf_explicit=True)  # fmt: skip
+    survey = dataclasses.replace(LSST_R, psf_size=9)
+    params = init_vae(jax.random.key(0), cfg)
+    clean = 5.0 * jnp.ones((2, 15, 15, 1))
+    key = jax.random.key(1)
+    loss, _ = vae_loss(cfg, survey)(params, key, {"image": clean})
+    k_noise, k_z = jax.random.split(key)
+    sigma = jnp.sqrt(noise_variance(clean, jnp.asarray(survey.sky_sigma), survey.gain))
+    noisy = clean + sigma * jax.random.normal(k_noise, clean.shape, clean.dtype)
+    t = elbo(k_z, params, cfg, noisy, target=clean, sigma=sigma, psf=survey.pixel_psf())
+    np.testing.assert_allclose(loss, -jnp.mean(t.elbo) / (15 * 15), rtol=1e-5)

@@ -105,10 +105,11 @@ def vae_loss(config: VAEConfig, survey: Survey, kl_weight: float = 1.0, denoise:
     ``N(0, sky^2 + image / gain)``. With ``denoise`` the likelihood scores the
     noiseless image (MADNESS), otherwise the noisy one (Regier et al.). An
     explicit-PSF model (``config.psf_explicit``) draws the galaxy before the PSF
-    and is scored after convolution with the survey's effective PSF.
+    and is scored after convolution with the survey's pixel-level effective PSF
+    (:meth:`~galjax.sim.Survey.pixel_psf`; ``Survey.psf()`` is the sub-pixel one).
     """
     sky = jnp.asarray(survey.sky_sigma, jnp.float32)
-    psf = survey.psf() if config.psf_explicit else None
+    psf = survey.pixel_psf() if config.psf_explicit else None  # pixel level, like the stamps
     npix = config.stamp_size**2 * config.bands
 
     def loss_fn(params, key, batch):
