@@ -29,6 +29,7 @@ from galjax.deblend import DeblendConfig, deblend, laplace_flux_errors, pad_fiel
 from galjax.detect import detect
 from galjax.io import load_hsc_fits, load_hsc_npz
 from galjax.models import default_model_dir, load_model
+from galjax.transforms import crop_or_pad
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hsc_blends_scarlet"
 
@@ -65,10 +66,10 @@ def load_scenes(data=DATA, psf_size: int = 41):
 
 
 def _crop_psf(psf, size):
+    """Centre-crop to ``size`` (at most the largest odd size that fits) and renormalise."""
     h, w = psf.shape[:2]
     size = min(size, h - (1 - h % 2), w - (1 - w % 2))
-    cy, cx = h // 2, w // 2
-    p = psf[cy - size // 2 : cy + size // 2 + 1, cx - size // 2 : cx + size // 2 + 1]
+    p = np.asarray(crop_or_pad(psf, size, size))
     return (p / p.sum(axis=(0, 1), keepdims=True)).astype(np.float32)
 
 

@@ -37,7 +37,7 @@ from .models.store import GalaxyModel
 from .models.vae import decode, encode
 from .sim.blend import place_stamp
 from .sim.psf import convolve_fft, fft_size
-from .transforms import cutouts
+from .transforms import crop_or_pad, cutouts
 
 __all__ = [
     "DeblendConfig",
@@ -422,10 +422,7 @@ def pad_fields(images, ivars, positions, psfs=None):
     if any(q.shape[0] % 2 == 0 or q.shape[1] % 2 == 0 for q in psfs):
         raise ValueError("psfs: expected odd sizes, centred on a pixel")
     ph, pw = max(q.shape[0] for q in psfs), max(q.shape[1] for q in psfs)
-    out = np.zeros((n, ph, pw, b), np.float32)
-    for i, q in enumerate(psfs):
-        oy, ox = (ph - q.shape[0]) // 2, (pw - q.shape[1]) // 2
-        out[i, oy : oy + q.shape[0], ox : ox + q.shape[1]] = q
+    out = np.stack([np.asarray(crop_or_pad(q, ph, pw)) for q in psfs])
     return fields, ivar, pos, mask, out
 
 
@@ -638,8 +635,7 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
     n = result.mask.shape[0]
     per_field = psf is not None and np.ndim(psf) == 4
     if psf is not None:
-        psf = jnp.asarray(psf, jnp.float32)
-        psf = psf / jnp.sum(psf, axis=(-3, -2), keepdims=True)
+        psf = jnp.asarray(_check_psfs(psf, n, result.models.shape[-1]))
     one = lambda r, p, iv, ps: laplace(jax.random.key(0), model, r, p, iv, ps, n_samples=0)
     fn = jax.jit(jax.vmap(lambda *a: one(*a).flux_err, in_axes=(0, 0, 0, 0 if per_field else None)))
     parts = []
