@@ -369,7 +369,8 @@ def pad_fields(images, ivars, positions, psfs=None):
     ``(H, W)`` canvas, ``H, W`` the largest height and width; padded pixels get
     zero weight, so they do not enter the objective. Positions are padded to the
     largest source count with a mask; PSFs of different sizes are zero-padded
-    about their centres to the largest (odd) size.
+    about their centres to the largest (odd) size. Host-side numpy preparation for
+    :func:`deblend` (not traced).
 
     Args:
       images: sequence of ``(h_i, w_i, bands)`` fields.
