@@ -149,6 +149,7 @@ def _train(args) -> int:
     from .models import FlowConfig, GalaxyModel, VAEConfig, load_model, save_model
     from .sim import SURVEYS
     from .train.recipes import (
+        calibrate_flux_errors,
         encode_dataset,
         make_blend_cutouts,
         train_flow,
@@ -208,8 +209,16 @@ def _train(args) -> int:
                 progress=not args.quiet,
             )
             model = model._replace(flow_config=fcfg, flow_params=fparams, meta=meta)
+        elif args.what == "calibrate":
+            cal = calibrate_flux_errors(k_data, model, survey, args.n_fields or 256,
+                                        progress=not args.quiet)  # fmt: skip
+            meta["flux_model_error"] = cal["flux_model_error"]
+            meta["flux_calibration"] = cal
+            model = model._replace(meta=meta)
+            hist = {"train": [{k: cal[k] for k in ("flux_model_error", "coverage_statistical")}]}
         else:  # init encoder on blended cutouts
-            cut = make_blend_cutouts(k_data, survey, args.n_fields, progress=not args.quiet)
+            cut = make_blend_cutouts(k_data, survey, args.n_fields or 4096,
+                                     progress=not args.quiet)  # fmt: skip
             iparams, hist = train_init_encoder(
                 k_fit,
                 model.vae_params,
@@ -429,9 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train the deblender's models (staged, as MADNESS)")
     tr.add_argument(
         "what",
-        choices=["vae", "flow", "init"],
+        choices=["vae", "flow", "init", "calibrate"],
         help="vae: VAE on isolated galaxies; flow: latent prior (needs vae); "
-        "init: encoder retrained on blended cutouts (needs vae)",
+        "init: encoder retrained on blended cutouts (needs vae); calibrate: the model error "
+        "of the Laplace flux errors, on simulated blends (needs all three)",
     )
     tr.add_argument("--out", required=True, help="model directory (read and updated)")
     tr.add_argument("--survey", default="lsst_r", help="built-in survey to simulate (vae)")
@@ -440,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="FITS stack (n, bands, h, w) or a folder of FITS stamps, instead of the simulator",
     )
     tr.add_argument("--n-stamps", type=int, default=32768, help="simulated training stamps")
-    tr.add_argument("--n-fields", type=int, default=4096, help="blended fields (init)")
+    tr.add_argument(
+        "--n-fields", type=int, default=None, help="blended fields (init: 4096, calibrate: 256)"
+    )
     tr.add_argument("--steps", type=int, default=6000, help="optimiser steps")
     tr.add_argument("--batch", type=int, default=64, help="batch size")
     tr.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay)")

@@ -50,6 +50,7 @@ __all__ = [
     "laplace",
     "evaluate",
     "laplace_flux_errors",
+    "calibrate_model_error",
     "pad_fields",
     "refit_amplitudes",
 ]
@@ -259,7 +260,11 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
     )
 
 
-def refit_amplitudes(models, field, ivar, mask, ridge: float = 1e-3):
+_REFIT_RIDGE = 1e-3
+_LAPLACE_RIDGE = 1e-2  # on the latents, whose prior is ~N(0, 1)
+
+
+def refit_amplitudes(models, field, ivar, mask, ridge: float = _REFIT_RIDGE):
     """Per-source, per-band amplitudes of fixed model shapes by weighted least squares.
 
     Minimises ``sum_p w_p (y_p - sum_i a_ib m_ip)^2 + ridge sum_i G_ii (a_ib - 1)^2``
@@ -503,7 +508,9 @@ class LaplaceResult(NamedTuple):
     """Gaussian approximation of the posterior around the MAP of one field.
 
     Attributes:
-      cov: ``(n_max * d, n_max * d)`` latent covariance (inverse Gauss-Newton Hessian).
+      cov: ``(P, P)`` covariance of the parameters (inverse Gauss-Newton Hessian):
+        the flattened latents ``(n_max * d)`` followed, with free amplitudes, by the
+        flattened fluxes ``(n_max * bands)``.
       flux_err: ``(n_max, bands)`` 1-sigma flux uncertainty (linearised).
       samples: ``(n_samples, n_max, h, w, bands)`` posterior samples of the source
         images (None when ``n_samples = 0``).
@@ -517,31 +524,82 @@ class LaplaceResult(NamedTuple):
 
 
 def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, ivar, psf=None,
-            n_samples: int = 32, prior_weight: float = 1.0) -> LaplaceResult:  # fmt: skip
-    """Laplace approximation in latent space around one field's MAP (no field axis).
+            n_samples: int = 32, prior_weight: float = 1.0, free_amplitudes: bool = True,
+            model_error: float = 0.0) -> LaplaceResult:  # fmt: skip
+    """Laplace approximation around one field's MAP (no field axis).
 
-    The Hessian is the Gauss-Newton matrix of the chi^2 term,
-    ``H = J^T diag(w) J`` with ``J = d(sum_i model_i) / dZ``, plus the Hessian of
-    ``-log p(z_i)`` from the flow with its negative eigenvalues set to zero (so ``H``
-    stays positive definite); ``cov = H^-1``. Flux errors propagate
-    ``cov`` through the linearised fluxes; samples decode ``Z ~ N(Z*, cov)``.
-    Pure: ``vmap`` over fields with ``in_axes=(0, None, 0, 0, 0)``.
+    With ``free_amplitudes`` (the flux refit of :class:`DeblendConfig`, on by default)
+    the parameters are the latents ``Z`` and each source's flux per band ``F``, and a
+    source is its flux times a unit-flux shape,
+
+        source_ib = F_ib * u_ib(z_i),   u_ib = place(f(z_i))_b / sum_pixels place(f(z_i))_b,
+
+    so that ``F`` is exactly the catalogue flux (a latent direction that only
+    brightens the source is then constrained by the prior alone). Without it the
+    parameters are ``Z`` and the fluxes follow from them. The Hessian is the
+    Gauss-Newton matrix of the chi^2 term, ``H = J^T diag(w) J`` with
+    ``J = d(sum_i source_i) / d(Z, F)``, plus the Hessian of ``-log p(z_i)`` from the
+    flow with its negative eigenvalues set to zero (so ``H`` stays positive
+    definite) and a small ridge; ``cov = H^-1``. Flux errors are the linearised
+    ``sqrt(g^T cov g)`` (with free fluxes just ``sqrt(cov_FF)``) with a fractional
+    model error added in quadrature,
+
+        flux_err^2 = g^T cov g + (model_error * flux)^2,
+
+    which accounts for the decoder not representing real galaxies exactly (the
+    statistical term alone covers the truth too rarely; calibrate ``model_error`` on
+    simulations with :func:`calibrate_model_error`). Samples decode
+    ``(Z, F) ~ N((Z*, F*), cov)``. Pure: ``vmap`` over fields with
+    ``in_axes=(None, None, 0, 0, 0)`` (and 0 for per-field PSFs).
+
+    Args:
+      key: PRNG key for the samples.
+      model: the model used for ``field_result``.
+      field_result: one field's :class:`DeblendResult`.
+      positions: ``(n_max, 2)``; ivar: ``(h, w, bands)`` inverse variance.
+      psf: effective PSF for explicit-PSF models.
+      n_samples: posterior samples of the source images (0: none).
+      prior_weight: weight of the flow prior, as in :class:`DeblendConfig`.
+      free_amplitudes: treat the refit fluxes as parameters (use False for
+        results of ``DeblendConfig(refit_fluxes=False)``).
+      model_error: fractional flux error added in quadrature.
     """
     vcfg = model.vae_config
     z, mask = field_result.latents, field_result.mask
     h, w = field_result.residual.shape[0], field_result.residual.shape[1]
     n_max, d = z.shape
+    bands = field_result.amplitudes.shape[-1]
+    nz = n_max * d
 
-    amp = field_result.amplitudes[:, None, None, :]  # the flux refit's factors
+    def unit_sources(zf):
+        return render_sources(model.vae_params, vcfg, zf.reshape(n_max, d), positions, mask, h, w,
+                              psf)  # fmt: skip
 
-    def sources(zf):
-        return amp * render_sources(
-            model.vae_params, vcfg, zf.reshape(n_max, d), positions, mask, h, w, psf
-        )
+    if free_amplitudes:
 
-    zf = z.reshape(-1)
-    jac = jax.jacfwd(sources)(zf)  # (n_max, h, w, b, n_max * d)
-    jt = jnp.sum(jac, axis=0).reshape(-1, zf.size)  # d(total model) / dZ
+        def unit_shape(zf):
+            img = unit_sources(zf)
+            total = jnp.sum(img, axis=(1, 2), keepdims=True)
+            return img / jnp.where(total > 0, total, 1.0), total
+
+        shape_map, total_map = unit_shape(z.reshape(-1))
+
+        def sources(theta):
+            shape, total = unit_shape(theta[:nz])
+            # A sample far out along a direction only the prior constrains can decode to
+            # (almost) no light; it keeps the MAP shape, so its flux is still F.
+            shape = jnp.where(total > 1e-3 * total_map, shape, shape_map)
+            return theta[nz:].reshape(n_max, 1, 1, bands) * shape
+
+        theta = jnp.concatenate([z.reshape(-1), field_result.fluxes.reshape(-1)])
+    else:
+
+        def sources(theta):
+            return field_result.amplitudes[:, None, None, :] * unit_sources(theta)
+
+        theta = z.reshape(-1)
+    jac = jax.jacfwd(sources)(theta)  # (n_max, h, w, b, n_params)
+    jt = jnp.sum(jac, axis=0).reshape(-1, theta.size)  # d(total model) / d(Z, F)
     hess = jt.T @ (ivar.reshape(-1, 1) * jt)
     if model.flow_params is not None and prior_weight > 0:
         hp = jax.vmap(jax.hessian(lambda zi: -log_prior(model.flow_params, model.flow_config, zi)))(
@@ -552,22 +610,28 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
         evals, evecs = jnp.linalg.eigh(0.5 * (hp + jnp.swapaxes(hp, -1, -2)))
         hp = jnp.einsum("nij,nj,nkj->nik", evecs, jnp.maximum(evals, 0.0), evecs)
         hp = hp * mask.astype(hp.dtype)[:, None, None] * prior_weight
-        hess = hess + jax.scipy.linalg.block_diag(*[hp[i] for i in range(n_max)])
-    # Padded sources have no data and no prior: a unit block keeps H invertible.
-    pad = jnp.repeat(~mask, d).astype(hess.dtype)
-    hess = hess + jnp.diag(pad)
+        hess = hess.at[:nz, :nz].add(jax.scipy.linalg.block_diag(*[hp[i] for i in range(n_max)]))
+    # Padded sources have no data and no prior: a unit block keeps H invertible; a small
+    # ridge on Z does the same for directions neither the data nor the prior constrain.
+    diag = jnp.repeat(~mask, d).astype(hess.dtype) + _LAPLACE_RIDGE
+    if free_amplitudes:
+        g_ii = jnp.diagonal(hess)[nz:]
+        empty = g_ii <= 1e-12 * jnp.maximum(jnp.max(g_ii), 1e-30)  # no light in the field
+        diag = jnp.concatenate([diag, (jnp.repeat(~mask, bands) | empty).astype(hess.dtype)])
+    hess = hess + jnp.diag(diag)
     hess = 0.5 * (hess + hess.T)
     cov = jnp.linalg.inv(hess)
     cov = 0.5 * (cov + cov.T)
-    gflux = jnp.sum(jac, axis=(1, 2))  # (n_max, b, n_max * d)
+    gflux = jnp.sum(jac, axis=(1, 2))  # (n_max, b, n_params)
     var = jnp.einsum("ibk,kl,ibl->ib", gflux, cov, gflux)
-    flux_err = jnp.sqrt(jnp.maximum(var, 0.0)) * mask.astype(var.dtype)[:, None]
+    var = jnp.maximum(var, 0.0) + (model_error * field_result.fluxes) ** 2
+    flux_err = jnp.sqrt(var) * mask.astype(var.dtype)[:, None]
     if n_samples == 0:
         return LaplaceResult(cov, flux_err, None, None)
     chol = jnp.linalg.cholesky(cov + 1e-9 * jnp.eye(cov.shape[0], dtype=cov.dtype))
-    eps = jax.random.normal(key, (n_samples, zf.size), zf.dtype)
-    zs = zf[None] + eps @ chol.T
-    samples = jax.vmap(sources)(zs)
+    eps = jax.random.normal(key, (n_samples, theta.size), theta.dtype)
+    thetas = theta[None] + eps @ chol.T
+    samples = jax.vmap(sources)(thetas)
     return LaplaceResult(cov, flux_err, samples, jnp.sum(samples, axis=(2, 3)))
 
 
@@ -622,7 +686,8 @@ def evaluate(models, true_sources, mask, snr=None, snr_min: float = 10.0, stamp:
 
 
 def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, ivar, psf=None,
-                        chunk: int = 64):  # fmt: skip
+                        chunk: int = 64, free_amplitudes: bool = True,
+                        model_error: float | None = None):  # fmt: skip
     """Laplace 1-sigma flux errors for many fields, in chunks: ``(n, n_max, bands)`` numpy.
 
     Args:
@@ -632,16 +697,70 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
       psf: effective PSF for explicit-PSF models, ``(ph, pw, bands)`` shared or
         ``(n, ph, pw, bands)`` per field.
       chunk: fields per compiled call.
+      free_amplitudes: the fluxes were refit (see :func:`laplace`).
+      model_error: fractional flux error added in quadrature; None takes the value
+        calibrated for the model (``model.meta["flux_model_error"]``, written by
+        ``galjax train calibrate``), or 0 if it has none.
     """
+    if model_error is None:
+        model_error = float((model.meta or {}).get("flux_model_error", 0.0))
+    if not np.isfinite(model_error) or model_error < 0:
+        raise ValueError(f"model_error: expected a finite value >= 0, got {model_error}")
     n = result.mask.shape[0]
     per_field = psf is not None and np.ndim(psf) == 4
     if psf is not None:
         psf = jnp.asarray(_check_psfs(psf, n, result.models.shape[-1]))
-    one = lambda r, p, iv, ps: laplace(jax.random.key(0), model, r, p, iv, ps, n_samples=0)
-    fn = jax.jit(jax.vmap(lambda *a: one(*a).flux_err, in_axes=(0, 0, 0, 0 if per_field else None)))
+
+    def one(r, p, iv, ps):
+        lp = laplace(jax.random.key(0), model, r, p, iv, ps, n_samples=0,
+                     free_amplitudes=free_amplitudes, model_error=model_error)  # fmt: skip
+        return lp.flux_err
+
+    fn = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0 if per_field else None)))
     parts = []
     for i in range(0, n, chunk):
         sub = jax.tree.map(lambda a, i=i: a[i : i + chunk], result)
         ps = psf[i : i + chunk] if per_field else psf
         parts.append(np.asarray(fn(sub, positions[i : i + chunk], ivar[i : i + chunk], ps)))
     return np.concatenate(parts)
+
+
+def calibrate_model_error(flux, flux_err, true_flux, coverage: float = 0.6827) -> float:
+    """Fractional model error that gives 1-sigma intervals the nominal coverage.
+
+    Finds the smallest ``s >= 0`` such that a fraction ``coverage`` of the sources
+    has ``|flux - true_flux| <= sqrt(flux_err^2 + (s * flux)^2)`` (bisection: the
+    coverage grows with ``s``). Calibrate on simulations that are not the ones you
+    then check the coverage on. Host-side numpy.
+
+    Args:
+      flux, flux_err, true_flux: 1-d arrays over sources (one band); ``flux_err``
+        the statistical error alone (``model_error=0``).
+      coverage: target fraction inside the interval.
+
+    Returns:
+      ``s`` (0 if the statistical errors already cover enough).
+    """
+    flux, flux_err, true_flux = (
+        np.asarray(a, np.float64).ravel() for a in (flux, flux_err, true_flux)
+    )
+    if not (flux.shape == flux_err.shape == true_flux.shape) or flux.size == 0:
+        raise ValueError("flux, flux_err, true_flux: expected non-empty arrays of the same length")
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage: expected a fraction in (0, 1), got {coverage}")
+    ok = np.isfinite(flux) & np.isfinite(flux_err) & np.isfinite(true_flux)
+    flux, flux_err, true_flux = flux[ok], flux_err[ok], true_flux[ok]
+    dev = np.abs(flux - true_flux)
+
+    def cov_at(s):
+        return np.mean(dev <= np.sqrt(flux_err**2 + (s * flux) ** 2))
+
+    if cov_at(0.0) >= coverage:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while cov_at(hi) < coverage and hi < 1e3:
+        hi *= 2
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if cov_at(mid) >= coverage else (mid, hi)
+    return float(hi)

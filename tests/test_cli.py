@@ -87,3 +87,47 @@ def test_train_vae_from_a_folder_of_fits_stamps(tmp_path):
     fits.writeto(folder / "odd.fits", np.zeros((30, 30), "f4"))
     with pytest.raises(ValueError, match="differ in shape"):
         main(argv)
+
+
+def test_train_calibrate_writes_the_model_error(tmp_path):
+    """`galjax train calibrate` stores the flux model error that the Laplace errors then use."""
+    import jax
+
+    from galjax.deblend import DeblendConfig, deblend, laplace_flux_errors
+    from galjax.models import (
+        FlowConfig,
+        GalaxyModel,
+        VAEConfig,
+        init_flow,
+        init_vae,
+        load_model,
+        save_model,
+    )
+    from galjax.sim import LSST_R, simulate_fields
+
+    cfg = VAEConfig(stamp_size=15, latent_dim=4, hidden=(16,), enc_channels=(4, 8),
+                    dec_channels=(8, 4), dec_start=4, scale=100.0)  # fmt: skip
+    fcfg = FlowConfig(dim=4, n_layers=2, hidden=(8,))
+    k = jax.random.key(0)
+    save_model(tmp_path / "m", GalaxyModel(cfg, init_vae(k, cfg), fcfg, init_flow(k, fcfg),
+                                           meta={"survey": LSST_R.to_dict()}))  # fmt: skip
+    argv = ["train", "calibrate", "--out", str(tmp_path / "m"), "--n-fields", "6", "--seed", "3",
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    model = load_model(tmp_path / "m")
+    s = model.meta["flux_model_error"]
+    cal = model.meta["flux_calibration"]
+    assert s >= 0 and cal["n_fields"] == 6 and cal["n_galaxies"] >= 1
+    assert model.meta["recipes"]["calibrate"]["seed"] == 3
+    # An untrained decoder is far from the galaxies: the statistical errors undercover.
+    assert cal["coverage_statistical"] < 0.68 and s > 0
+    f = simulate_fields(jax.random.key(9), 2, LSST_R)
+    res = deblend(model, f.image, f.positions, f.mask, sigma=10.0, config=DeblendConfig(n_steps=5),
+                  progress=False)  # fmt: skip
+    ivar = np.full(f.image.shape, 0.01, np.float32)
+    default = laplace_flux_errors(model, res, f.positions, ivar)
+    stat = laplace_flux_errors(model, res, f.positions, ivar, model_error=0.0)
+    expect = np.sqrt(stat**2 + (s * np.asarray(res.fluxes)) ** 2) * f.mask[..., None]
+    np.testing.assert_allclose(default, expect, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="model_error"):
+        laplace_flux_errors(model, res, f.positions, ivar, model_error=-1.0)

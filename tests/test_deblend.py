@@ -12,6 +12,7 @@ import pytest
 
 from galjax.deblend import (
     DeblendConfig,
+    calibrate_model_error,
     deblend,
     deblend_field,
     laplace,
@@ -114,11 +115,41 @@ def test_laplace_flux_errors_and_samples(model, scene):
     res = deblend_field(model, scene["field"][0], scene["pos"][0], scene["mask"][0], ivar[0],
                         config=DeblendConfig(n_steps=100))  # fmt: skip
     lp = laplace(jax.random.key(0), model, res, scene["pos"][0], ivar[0], n_samples=400)
-    assert lp.cov.shape == (8, 8) and lp.samples.shape == (400, 2, 24, 24, 1)
+    # latents (2 sources x 4) then the refit amplitudes (2 sources x 1 band)
+    assert lp.cov.shape == (10, 10) and lp.samples.shape == (400, 2, 24, 24, 1)
     assert np.all(np.linalg.eigvalsh(np.asarray(lp.cov)) > 0)
-    # The linearised flux error agrees with the spread of the posterior samples.
+    # The fluxes are parameters: the samples' fluxes spread as the linearised error.
     spread = np.std(np.asarray(lp.sample_fluxes), axis=0)
-    np.testing.assert_allclose(spread, lp.flux_err, rtol=0.25)
+    np.testing.assert_allclose(spread, lp.flux_err, rtol=0.15)
+    # Marginalising over the shapes cannot make a flux more certain than the fit of its
+    # amplitude alone: var(F) = [H^-1]_FF >= 1 / H_FF = 1 / sum_p w_p u_p^2.
+    u = np.asarray(res.models) / np.asarray(res.fluxes)[:, None, None, :]
+    template_err = 1 / np.sqrt(np.sum(ivar[0] * u**2, axis=(1, 2)))
+    assert np.all(np.asarray(lp.flux_err) >= 0.999 * template_err)
+    # Fixed amplitudes (results without the flux refit): the latents only.
+    fixed = laplace(jax.random.key(0), model, res, scene["pos"][0], ivar[0], n_samples=0,
+                    free_amplitudes=False)  # fmt: skip
+    assert fixed.cov.shape == (8, 8) and fixed.samples is None
+    # The model error adds in quadrature.
+    me = laplace(jax.random.key(0), model, res, scene["pos"][0], ivar[0], n_samples=0,
+                 model_error=0.1)  # fmt: skip
+    np.testing.assert_allclose(me.flux_err**2, lp.flux_err**2 + (0.1 * res.fluxes) ** 2, rtol=1e-4)
+
+
+def test_calibrate_model_error_reaches_the_coverage():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(100, 1000, 4000)
+    stat = 0.01 * true  # statistical errors that are too small ...
+    flux = true * (1 + 0.05 * rng.normal(size=true.size))  # ... for a 5 % scatter
+    s = calibrate_model_error(flux, stat, true)
+    cover = np.mean(np.abs(flux - true) <= np.sqrt(stat**2 + (s * flux) ** 2))
+    assert abs(cover - 0.6827) < 0.01
+    assert 0.04 < s < 0.06  # sqrt(0.05^2 - 0.01^2) ~ 0.049
+    assert calibrate_model_error(flux, 10 * np.abs(flux - true), true) == 0.0
+    with pytest.raises(ValueError, match="coverage"):
+        calibrate_model_error(flux, stat, true, coverage=1.5)
+    with pytest.raises(ValueError, match="same length"):
+        calibrate_model_error(flux, stat[:3], true)
 
 
 def test_bad_inputs(model, scene):
