@@ -140,6 +140,40 @@ def _load_stamps(args, survey, key):
     return make_stamps(key, survey, args.n_stamps, progress=not args.quiet)
 
 
+def _override_survey(survey, items):
+    """Apply ``--survey-set KEY=VALUE`` overrides (population or noise) to a survey."""
+    import dataclasses
+
+    if not items:
+        return survey
+    fields = {f.name: f for f in dataclasses.fields(survey)}
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields or key in ("render", "name"):
+            raise SystemExit(
+                f"--survey-set: expected KEY=VALUE with KEY a Survey field "
+                f"({', '.join(k for k in fields if k not in ('render', 'name'))}), got {item!r}"
+            )
+        old = getattr(survey, key)
+        try:
+            if key == "gain":  # the only optional field: None means sky noise only
+                new = None if value.lower() == "none" else float(value)
+            elif isinstance(old, tuple):
+                new = tuple(type(old[0])(v) for v in value.split(","))
+            elif isinstance(old, bool):
+                new = value.lower() in ("1", "true", "yes")
+            else:
+                new = type(old)(value)
+        except ValueError as err:
+            raise SystemExit(f"--survey-set: bad value for {key}: {value!r} ({err})") from err
+        changes[key] = new
+    try:
+        return dataclasses.replace(survey, **changes)
+    except ValueError as err:
+        raise SystemExit(f"--survey-set: {err}") from err
+
+
 def _train(args) -> int:
     import dataclasses
     import json
@@ -147,7 +181,7 @@ def _train(args) -> int:
     import jax
 
     from .models import FlowConfig, GalaxyModel, VAEConfig, load_model, save_model
-    from .sim import SURVEYS
+    from .sim import SURVEYS, Survey
     from .train.recipes import (
         calibrate_flux_errors,
         encode_dataset,
@@ -165,7 +199,7 @@ def _train(args) -> int:
             raise SystemExit(
                 f"--survey: unknown survey {args.survey!r}; choose from {sorted(SURVEYS)}"
             )
-        survey = SURVEYS[args.survey]
+        survey = _override_survey(SURVEYS[args.survey], args.survey_set)
         k_data, k_fit = jax.random.split(jax.random.key(args.seed))
         stamps = _load_stamps(args, survey, k_data)
         cfg = dataclasses.replace(
@@ -191,7 +225,7 @@ def _train(args) -> int:
         final = hist["train"][-1] if hist["train"] else {}
     else:
         model = load_model(out)
-        survey = SURVEYS[model.meta["survey"]["name"]]
+        survey = Survey.from_dict(model.meta["survey"])  # with any --survey-set overrides
         meta = dict(model.meta)
         meta.setdefault("recipes", {})[args.what] = recipe
         k_data, k_fit = jax.random.split(jax.random.key(args.seed))
@@ -320,7 +354,7 @@ def _deblend(args) -> int:
     from .deblend import DeblendConfig, deblend, evaluate, laplace_flux_errors
     from .io import read_fits, read_fits_stack
     from .models import default_model_dir, load_model
-    from .sim import SURVEYS, noise_variance, simulate_fields
+    from .sim import Survey, noise_variance, simulate_fields
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -331,7 +365,7 @@ def _deblend(args) -> int:
     cfg = DeblendConfig(n_steps=args.steps, chunk=args.chunk)
     truth = None
     if args.demo:
-        survey = SURVEYS[model.meta["survey"]["name"]]
+        survey = Survey.from_dict(model.meta["survey"])
         f = simulate_fields(jax.random.key(args.seed), args.n, survey, n_max=args.max_sources)
         fields, positions, mask = f.image, f.positions, f.mask
         sigma = np.sqrt(noise_variance(fields, np.asarray(survey.sky_sigma), survey.gain))
@@ -445,6 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--out", required=True, help="model directory (read and updated)")
     tr.add_argument("--survey", default="lsst_r", help="built-in survey to simulate (vae)")
+    tr.add_argument(
+        "--survey-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a field of the survey for training (vae; repeatable), e.g. mag_min=18.5; "
+        "the changed survey is stored with the model and used by the later stages",
+    )
     tr.add_argument(
         "--stamps",
         help="FITS stack (n, bands, h, w) or a folder of FITS stamps, instead of the simulator",

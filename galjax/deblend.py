@@ -66,7 +66,13 @@ class DeblendConfig:
       decay: learning-rate factor reached at ``n_steps`` (exponential decay).
       tol: relative loss improvement that counts as progress.
       patience: steps without progress after which a field is converged.
-      prior_weight: weight of ``-log p(z)`` (0 = maximum likelihood).
+      prior_weight: weight of ``-log p(z)`` (1 = the posterior of Biswas et al.,
+        0 = maximum likelihood). The default 0.01 tempers the flow prior: on
+        simulated LSST-like blends (256 validation fields, not the benchmark's),
+        mean / median |dF/F| were 0.078 / 0.038 at weight 1, 0.073 / 0.036 at 0.1,
+        0.070 / 0.030 at 0.01 and 0.069 / 0.028 at 0; the flow, fit to encodings of
+        noisy stamps, pulls bright sources away from the data, while a weak prior
+        still bounds directions the data leave free.
       use_init_encoder: initialise from the encoder retrained on blends when the
         model has one.
       chunk: fields per compiled call.
@@ -80,7 +86,7 @@ class DeblendConfig:
     decay: float = 0.1
     tol: float = 1e-4
     patience: int = 8
-    prior_weight: float = 1.0
+    prior_weight: float = 0.01
     use_init_encoder: bool = True
     chunk: int = 256
     refit_fluxes: bool = True
@@ -524,7 +530,7 @@ class LaplaceResult(NamedTuple):
 
 
 def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, ivar, psf=None,
-            n_samples: int = 32, prior_weight: float = 1.0, free_amplitudes: bool = True,
+            n_samples: int = 32, prior_weight: float | None = None, free_amplitudes: bool = True,
             model_error: float = 0.0) -> LaplaceResult:  # fmt: skip
     """Laplace approximation around one field's MAP (no field axis).
 
@@ -559,11 +565,14 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
       positions: ``(n_max, 2)``; ivar: ``(h, w, bands)`` inverse variance.
       psf: effective PSF for explicit-PSF models.
       n_samples: posterior samples of the source images (0: none).
-      prior_weight: weight of the flow prior, as in :class:`DeblendConfig`.
+      prior_weight: weight of the flow prior used for the MAP (None: the default of
+        :class:`DeblendConfig`).
       free_amplitudes: treat the refit fluxes as parameters (use False for
         results of ``DeblendConfig(refit_fluxes=False)``).
       model_error: fractional flux error added in quadrature.
     """
+    if prior_weight is None:
+        prior_weight = DeblendConfig().prior_weight
     vcfg = model.vae_config
     z, mask = field_result.latents, field_result.mask
     h, w = field_result.residual.shape[0], field_result.residual.shape[1]
@@ -686,8 +695,9 @@ def evaluate(models, true_sources, mask, snr=None, snr_min: float = 10.0, stamp:
 
 
 def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, ivar, psf=None,
-                        chunk: int = 64, free_amplitudes: bool = True,
-                        model_error: float | None = None):  # fmt: skip
+                        chunk: int = 8, free_amplitudes: bool = True,
+                        model_error: float | None = None,
+                        prior_weight: float | None = None):  # fmt: skip
     """Laplace 1-sigma flux errors for many fields, in chunks: ``(n, n_max, bands)`` numpy.
 
     Args:
@@ -696,12 +706,19 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
       positions: ``(n, n_max, 2)``; ivar: ``(n, h, w, bands)`` inverse variance.
       psf: effective PSF for explicit-PSF models, ``(ph, pw, bands)`` shared or
         ``(n, ph, pw, bands)`` per field.
-      chunk: fields per compiled call.
+      chunk: fields per compiled call; the forward-mode Jacobian carries one tangent
+        per parameter through the decoder, so memory grows as ``chunk * n_max *
+        (latent_dim + bands)`` decoded fields (about 2 GB for 8 five-band 64x64 fields
+        of 4 sources).
       free_amplitudes: the fluxes were refit (see :func:`laplace`).
       model_error: fractional flux error added in quadrature; None takes the value
         calibrated for the model (``model.meta["flux_model_error"]``, written by
         ``galjax train calibrate``), or 0 if it has none.
+      prior_weight: the flow prior's weight used for ``result`` (None: the default
+        of :class:`DeblendConfig`).
     """
+    if prior_weight is None:
+        prior_weight = DeblendConfig().prior_weight
     if model_error is None:
         model_error = float((model.meta or {}).get("flux_model_error", 0.0))
     if not np.isfinite(model_error) or model_error < 0:
@@ -712,7 +729,7 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
         psf = jnp.asarray(_check_psfs(psf, n, result.models.shape[-1]))
 
     def one(r, p, iv, ps):
-        lp = laplace(jax.random.key(0), model, r, p, iv, ps, n_samples=0,
+        lp = laplace(jax.random.key(0), model, r, p, iv, ps, n_samples=0, prior_weight=prior_weight,
                      free_amplitudes=free_amplitudes, model_error=model_error)  # fmt: skip
         return lp.flux_err
 

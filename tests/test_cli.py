@@ -131,3 +131,15 @@ def test_train_calibrate_writes_the_model_error(tmp_path):
     np.testing.assert_allclose(default, expect, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="model_error"):
         laplace_flux_errors(model, res, f.positions, ivar, model_error=-1.0)
+
+
+def test_survey_overrides_for_training():
+    from galjax.cli import _override_survey
+    from galjax.sim import HSC
+
+    s = _override_survey(HSC, ["mag_min=18.5", "sky_sigma=2,2,2,2,2", "gain=none", "detail=false"])
+    assert s.mag_min == 18.5 and s.sky_sigma == (2.0,) * 5 and s.gain is None and not s.detail
+    assert s.bands == HSC.bands and _override_survey(HSC, None) is HSC
+    for bad in (["nope=1"], ["mag_min"], ["mag_min=abc"], ["sky_sigma=1,1"], ["name=x"]):
+        with pytest.raises(SystemExit, match="--survey-set"):
+            _override_survey(HSC, bad)

@@ -275,7 +275,8 @@ def calibrate_flux_errors(key, model, survey: Survey, n_fields: int = 256, confi
     psf = survey.pixel_psf() if model.vae_config.psf_explicit else None
     res = deblend(model, truth.image, truth.positions, truth.mask, sigma=sigma, psf=psf,
                   config=cfg, progress=progress)  # fmt: skip
-    err = laplace_flux_errors(model, res, truth.positions, 1.0 / sigma**2, psf, model_error=0.0)
+    err = laplace_flux_errors(model, res, truth.positions, 1.0 / sigma**2, psf, model_error=0.0,
+                              prior_weight=cfg.prior_weight)  # fmt: skip
     true_flux = truth.sources.sum(axis=(2, 3))
     sel = truth.mask & (truth.snr >= snr_min)
     flux, err, true_flux = np.asarray(res.fluxes)[sel], err[sel], true_flux[sel]
