@@ -556,7 +556,7 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     statistical term alone covers the truth too rarely; calibrate ``model_error`` on
     simulations with :func:`calibrate_model_error`). Samples decode
     ``(Z, F) ~ N((Z*, F*), cov)``. Pure: ``vmap`` over fields with
-    ``in_axes=(None, None, 0, 0, 0)`` (and 0 for per-field PSFs).
+    ``in_axes=(0, None, 0, 0, 0)`` (split keys; and 0 for per-field PSFs).
 
     Args:
       key: PRNG key for the samples.
