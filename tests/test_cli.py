@@ -1,5 +1,7 @@
 """The ``galjax`` command line."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -37,13 +39,12 @@ def test_simulate_rejects_bad_arguments(tmp_path):
 
 def test_deblend_user_fields_writes_outputs(tmp_path):
     import jax
+    from test_deblend import CFG as cfg  # the tiny VAE and flow of the deblending tests
+    from test_deblend import FLOW as fcfg
 
     from galjax.io import write_fits, write_table
-    from galjax.models import FlowConfig, GalaxyModel, VAEConfig, init_flow, init_vae, save_model
+    from galjax.models import GalaxyModel, init_flow, init_vae, save_model
 
-    cfg = VAEConfig(stamp_size=15, latent_dim=4, hidden=(16,), enc_channels=(4, 8),
-                    dec_channels=(8, 4), dec_start=4, scale=1.0)  # fmt: skip
-    fcfg = FlowConfig(dim=4, n_layers=2, hidden=(8,))
     k = jax.random.key(0)
     save_model(tmp_path / "model", GalaxyModel(cfg, init_vae(k, cfg), fcfg, init_flow(k, fcfg),
                                                meta={"survey": {"bands": ["r"]}}))  # fmt: skip
@@ -92,12 +93,12 @@ def test_train_vae_from_a_folder_of_fits_stamps(tmp_path):
 def test_train_calibrate_writes_the_model_error(tmp_path):
     """`galjax train calibrate` stores the flux model error that the Laplace errors then use."""
     import jax
+    from test_deblend import CFG
+    from test_deblend import FLOW as fcfg
 
     from galjax.deblend import DeblendConfig, deblend, laplace_flux_errors
     from galjax.models import (
-        FlowConfig,
         GalaxyModel,
-        VAEConfig,
         init_flow,
         init_vae,
         load_model,
@@ -105,9 +106,7 @@ def test_train_calibrate_writes_the_model_error(tmp_path):
     )
     from galjax.sim import LSST_R, simulate_fields
 
-    cfg = VAEConfig(stamp_size=15, latent_dim=4, hidden=(16,), enc_channels=(4, 8),
-                    dec_channels=(8, 4), dec_start=4, scale=100.0)  # fmt: skip
-    fcfg = FlowConfig(dim=4, n_layers=2, hidden=(8,))
+    cfg = dataclasses.replace(CFG, scale=100.0)  # galaxy-sized outputs
     k = jax.random.key(0)
     save_model(tmp_path / "m", GalaxyModel(cfg, init_vae(k, cfg), fcfg, init_flow(k, fcfg),
                                            meta={"survey": LSST_R.to_dict()}))  # fmt: skip
