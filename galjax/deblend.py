@@ -715,10 +715,8 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
         calibrated for the model (``model.meta["flux_model_error"]``, written by
         ``galjax train calibrate``), or 0 if it has none.
       prior_weight: the flow prior's weight used for ``result`` (None: the default
-        of :class:`DeblendConfig`).
+        of :class:`DeblendConfig`, resolved by :func:`laplace`).
     """
-    if prior_weight is None:
-        prior_weight = DeblendConfig().prior_weight
     if model_error is None:
         model_error = float((model.meta or {}).get("flux_model_error", 0.0))
     if not np.isfinite(model_error) or model_error < 0:
