@@ -10,6 +10,7 @@ the Laplace 1-sigma flux interval. Writes benchmarks/results/deblend_quality.jso
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -28,19 +29,50 @@ from galjax.deblend import (
 from galjax.models import default_model_dir, load_model
 from galjax.sim import LSST_R, noise_variance, simulate_fields
 
+SNR_BINS = (10.0, 20.0, 50.0, 100.0, np.inf)
+
+
+def _by_snr(dflux, snr):
+    """|dF/F| and the signed bias dF/F per SNR bin (edges ``SNR_BINS``)."""
+    out = []
+    for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:], strict=True):
+        b = (snr >= lo) & (snr < hi)
+        out.append({
+            "snr_min": lo, "snr_max": None if np.isinf(hi) else hi, "n": int(b.sum()),
+            "mean_abs_dflux": float(np.mean(np.abs(dflux[b]))) if b.any() else None,
+            "median_abs_dflux": float(np.median(np.abs(dflux[b]))) if b.any() else None,
+            "mean_dflux": float(np.mean(dflux[b])) if b.any() else None,
+        })  # fmt: skip
+    return out
+
 
 def _summary(models, fluxes, truth, chi2):
     ev = evaluate(models, truth.sources, truth.mask, truth.snr) if models is not None else None
     true_flux = truth.sources.sum(axis=(2, 3))[..., 0]
     sel = truth.mask & (truth.snr >= 10)
-    d = np.abs(fluxes[..., 0][sel] - true_flux[sel]) / true_flux[sel]
+    d = (fluxes[..., 0][sel] - true_flux[sel]) / true_flux[sel]
+    isolated = (truth.mask.sum(axis=1, keepdims=True) == 1) & sel
     return {
         "n_galaxies": int(sel.sum()),
-        "mean_abs_dflux": float(np.mean(d)),
-        "median_abs_dflux": float(np.median(d)),
+        "mean_abs_dflux": float(np.mean(np.abs(d))),
+        "median_abs_dflux": float(np.median(np.abs(d))),
+        "mean_dflux": float(np.mean(d)),
+        "fraction_beyond_30pc": float(np.mean(np.abs(d) > 0.3)),
+        "mean_abs_dflux_isolated": float(np.mean(np.abs(d[isolated[sel]]))),
         "mean_ssim": None if ev is None else ev["summary"]["mean_ssim"],
         "median_chi2_per_pixel": None if chi2 is None else float(np.median(chi2)),
+        "by_snr": _by_snr(d, truth.snr[sel]),
     }
+
+
+def _parse_sweep(text):
+    """``"prior_weight=0,0.01,1"`` -> ("prior_weight", [0.0, 0.01, 1.0])."""
+    key, _, values = text.partition("=")
+    fields = {f.name: f.type for f in dataclasses.fields(DeblendConfig)}
+    if key not in fields or not values:
+        raise SystemExit(f"--sweep: expected FIELD=V1,V2,... with FIELD one of {sorted(fields)}")
+    cast = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}
+    return key, [cast.get(str(fields[key]), float)(v) for v in values.split(",")]
 
 
 def main():
@@ -53,7 +85,17 @@ def main():
     ap.add_argument("--steps", type=int, default=200, help="maximum MAP steps per field")
     ap.add_argument("--galjax-only", action="store_true", help="skip the baselines")
     ap.add_argument("--out", default="deblend_quality", help="name of the results JSON")
+    ap.add_argument(
+        "--sweep",
+        default=None,
+        metavar="FIELD=V1,V2,...",
+        help="galjax alone for each value of a DeblendConfig field, e.g. "
+        "prior_weight=0,0.01,0.1,1 (use a validation --seed, not 2024)",
+    )
     args = ap.parse_args()
+    if args.sweep:
+        _sweep(args)
+        return
 
     survey = LSST_R
     model = load_model(args.model or default_model_dir("lsst_r"))
@@ -127,17 +169,71 @@ def main():
     _finish(args, survey, cfg, results, rows)
 
 
+def _sweep(args):
+    key, values = _parse_sweep(args.sweep)
+    model = load_model(args.model or default_model_dir("lsst_r"))
+    truth = simulate_fields(jax.random.key(args.seed), args.n, LSST_R, n_max=4, progress=True)
+    sigma = np.sqrt(noise_variance(truth.image, np.asarray(LSST_R.sky_sigma), LSST_R.gain))
+    rows = []
+    for v in values:
+        cfg = DeblendConfig(chunk=args.chunk, n_steps=args.steps, **{key: v})
+        t0 = time.perf_counter()
+        res = deblend(model, truth.image, truth.positions, truth.mask, sigma=sigma, config=cfg,
+                      progress=False)  # fmt: skip
+        s = _summary(res.models, res.fluxes, truth, res.chi2)
+        s["seconds"] = time.perf_counter() - t0
+        s["mean_steps"] = float(res.n_iter.mean())
+        rows.append({key: v, **s})
+        print(
+            f"{key}={v}: mean |dF/F| {s['mean_abs_dflux']:.4f}, median "
+            f"{s['median_abs_dflux']:.4f}, bias {s['mean_dflux']:+.4f}",
+            flush=True,
+        )
+    cols = [(key, key, "g"), ("mean_abs_dflux", "mean |dF/F|", ".4f"),
+            ("median_abs_dflux", "median |dF/F|", ".4f"), ("mean_dflux", "bias", "+.4f"),
+            ("mean_ssim", "mean SSIM", ".3f"), ("mean_steps", "steps", ".0f")]  # fmt: skip
+    print(format_table(rows, cols))
+    payload = {
+        "benchmark": "deblend_quality_sweep",
+        "machine": machine_info(),
+        "n_fields": args.n,
+        "seed": args.seed,
+        "survey": LSST_R.name,
+        "snr_cut": 10,
+        "swept": key,
+        "deblend_config": DeblendConfig(chunk=args.chunk, n_steps=args.steps).to_dict(),
+        "model": str(args.model or default_model_dir("lsst_r")),
+        "results": rows,
+    }
+    write_json(RESULTS_DIR / f"{args.out}.json", payload)
+
+
+def _print_by_snr(results):
+    rows = []
+    for method, s in results.items():
+        for b in s["by_snr"]:
+            hi = "inf" if b["snr_max"] is None else f"{b['snr_max']:g}"
+            rows.append({"method": method, "snr": f"{b['snr_min']:g}-{hi}", **b})
+    cols = [("method", "method", "s"), ("snr", "SNR", "s"), ("n", "n", "d"),
+            ("mean_abs_dflux", "mean |dF/F|", ".4f"), ("median_abs_dflux", "median", ".4f"),
+            ("mean_dflux", "bias", "+.4f")]  # fmt: skip
+    print(format_table(rows, cols))
+
+
 def _finish(args, survey, cfg, results, rows):
     cols = [
         ("method", "method", "s"),
         ("n_galaxies", "n (SNR>=10)", "d"),
         ("mean_abs_dflux", "mean |dF/F|", ".4f"),
         ("median_abs_dflux", "median |dF/F|", ".4f"),
+        ("mean_dflux", "bias", "+.4f"),
+        ("mean_abs_dflux_isolated", "isolated |dF/F|", ".4f"),
         ("mean_ssim", "mean SSIM", ".3f"),
         ("median_chi2_per_pixel", "median chi2/pix", ".3f"),
         ("seconds", "time [s]", ".1f"),
     ]
     print(format_table(rows, cols))
+    _print_by_snr(results)
     g = results["galjax"]
     print(f"galjax: {g['seconds_per_galaxy']:.4f} s/galaxy, mean {g['mean_steps']:.0f} steps, "
           f"Laplace 1-sigma coverage {g['laplace_statistical_coverage_1sigma']:.1%} statistical, "

@@ -247,6 +247,7 @@ def _train(args) -> int:
             cal = calibrate_flux_errors(k_data, model, survey, args.n_fields or 256,
                                         progress=not args.quiet)  # fmt: skip
             meta["flux_model_error"] = cal["flux_model_error"]
+            meta["flux_bias"] = cal["flux_bias"]
             meta["flux_calibration"] = cal
             model = model._replace(meta=meta)
             hist = {"train": [{k: cal[k] for k in ("flux_model_error", "coverage_statistical")}]}

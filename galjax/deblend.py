@@ -53,6 +53,10 @@ __all__ = [
     "calibrate_model_error",
     "pad_fields",
     "refit_amplitudes",
+    "model_snr",
+    "flux_bias",
+    "fit_flux_bias",
+    "debias_fluxes",
 ]
 
 
@@ -79,6 +83,9 @@ class DeblendConfig:
       refit_fluxes: after the MAP, rescale each source's model per band by the
         weighted least-squares amplitude with the shapes fixed
         (:func:`refit_amplitudes`); corrects the decoder's flux-scale errors.
+      debias: divide each flux by ``1 + b(SNR)``, the noise bias calibrated for the
+        model on simulations (``model.meta["flux_bias"]``, written by ``galjax train
+        calibrate``; :func:`debias_fluxes`). Ignored for models without one.
     """
 
     n_steps: int = 200
@@ -90,6 +97,7 @@ class DeblendConfig:
     use_init_encoder: bool = True
     chunk: int = 256
     refit_fluxes: bool = True
+    debias: bool = True
 
     def __post_init__(self):
         if self.n_steps < 1 or self.chunk < 1 or self.patience < 1:
@@ -507,7 +515,11 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
         if on_chunk is not None:
             on_chunk(start, res)
         outs.append(res)
-    return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+    res = jax.tree.map(lambda *a: np.concatenate(a), *outs)
+    bias = (model.meta or {}).get("flux_bias")
+    if config.debias and bias is not None:
+        res = jax.tree.map(np.asarray, debias_fluxes(res, ivar, bias))
+    return res
 
 
 class LaplaceResult(NamedTuple):
@@ -642,6 +654,105 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     thetas = theta[None] + eps @ chol.T
     samples = jax.vmap(sources)(thetas)
     return LaplaceResult(cov, flux_err, samples, jnp.sum(samples, axis=(2, 3)))
+
+
+def model_snr(models, ivar):
+    """Matched-filter SNR of each source model: ``sqrt(sum_p w_p m_p^2)``, ``(..., n_max, bands)``.
+
+    The SNR of the model's flux when only its amplitude is free (the inverse of the
+    amplitude-only fractional error). Measured, so usable on real data.
+
+    Args:
+      models: ``(..., n_max, h, w, bands)`` source models.
+      ivar: ``(..., h, w, bands)`` inverse variance ``w_p``.
+    """
+    return jnp.sqrt(jnp.sum(models**2 * ivar[..., None, :, :, :], axis=(-3, -2)))
+
+
+def flux_bias(snr, table):
+    """Fractional flux bias at measured SNR ``s``: the calibration table interpolated.
+
+    Linear in ``log s`` between the table's nodes and constant beyond the end ones.
+
+    Args:
+      snr: measured SNR (:func:`model_snr`), any shape.
+      table: ``{"snr": [...], "bias": [...]}`` from :func:`fit_flux_bias`.
+    """
+    x = jnp.log(jnp.maximum(jnp.asarray(snr), 1e-3))
+    return jnp.interp(x, jnp.log(jnp.asarray(table["snr"])), jnp.asarray(table["bias"]))
+
+
+def fit_flux_bias(snr, dflux, n_bins: int | None = None, clip: float = 0.5) -> dict:
+    """Tabulate the noise bias ``<dF/F>`` against the measured SNR (numpy).
+
+    Shape-fitting photometry is biased at low SNR: the fitted shape follows the
+    noise, and a flux measured with it inherits the correlation. This bins simulated
+    sources with known fluxes by their measured SNR ``s`` (:func:`model_snr`) into
+    ``n_bins`` equally populated bins and records the mean ``dF/F`` of each (sources
+    with ``|dF/F| > clip``, blending failures rather than noise bias, left out);
+    :func:`debias_fluxes` divides it out.
+
+    Args:
+      snr: 1-d measured SNR of each source.
+      dflux: 1-d ``(F - F_true) / F_true`` of the same sources.
+      n_bins: number of SNR bins; default ``min(8, n // 40)`` (at least 1) for ``n``
+        usable sources.
+      clip: leave out ``|dF/F| > clip``.
+
+    Returns:
+      ``{"snr": [...], "bias": [...], "n": [...]}``: each bin's median SNR, mean
+      ``dF/F`` and source count, SNR increasing.
+    """
+    snr = np.asarray(snr, np.float64).ravel()
+    d = np.asarray(dflux, np.float64).ravel()
+    if snr.shape != d.shape:
+        raise ValueError(f"snr, dflux: expected the same length, got {snr.shape}, {d.shape}")
+    ok = np.isfinite(snr) & np.isfinite(d) & (np.abs(d) <= clip) & (snr > 0)
+    n_ok = int(ok.sum())
+    n_bins = max(1, min(8, n_ok // 40)) if n_bins is None else n_bins
+    if n_bins < 1 or n_ok < 10 * n_bins:
+        raise ValueError(
+            f"snr, dflux: {n_ok} usable sources; at least {10 * max(n_bins, 1)} needed for "
+            f"{n_bins} bins (10 per bin)"
+        )
+    order = np.argsort(snr[ok])
+    bins = np.array_split(order, n_bins)
+    s, d = snr[ok], d[ok]
+    return {
+        "snr": [float(np.median(s[i])) for i in bins],
+        "bias": [float(np.mean(d[i])) for i in bins],
+        "n": [len(i) for i in bins],
+    }
+
+
+def debias_fluxes(result: DeblendResult, ivar, table, max_factor: float = 2.0) -> DeblendResult:
+    """Divide each source's model by ``1 + b(s)`` (:func:`flux_bias`), per band.
+
+    ``s`` is the model's measured SNR (:func:`model_snr`); the factor is clipped to
+    ``[1 / max_factor, max_factor]``. Models, fluxes, amplitudes, the residual and
+    chi^2 are updated. Works on one field or many (leading axes of ``result``).
+
+    Args:
+      result: :class:`DeblendResult`.
+      ivar: ``(..., h, w, bands)`` inverse variance of the fields.
+      table: the bias table from :func:`fit_flux_bias`.
+    """
+    models = jnp.asarray(result.models)
+    ivar = jnp.asarray(ivar, models.dtype)
+    b = flux_bias(model_snr(models, ivar), table)
+    factor = jnp.clip(1.0 / jnp.maximum(1.0 + b, 1e-6), 1.0 / max_factor, max_factor)
+    factor = jnp.where(jnp.asarray(result.mask)[..., None], factor, 1.0).astype(models.dtype)
+    models = models * factor[..., None, None, :]
+    field = jnp.asarray(result.residual) + jnp.sum(jnp.asarray(result.models), axis=-4)
+    resid = field - jnp.sum(models, axis=-4)
+    n_good = jnp.maximum(jnp.sum(ivar > 0, axis=(-3, -2, -1)), 1).astype(models.dtype)
+    return result._replace(
+        models=models,
+        fluxes=jnp.sum(models, axis=(-3, -2)),
+        amplitudes=jnp.asarray(result.amplitudes) * factor,
+        residual=resid,
+        chi2=jnp.sum(ivar * resid**2, axis=(-3, -2, -1)) / n_good,
+    )
 
 
 def evaluate(models, true_sources, mask, snr=None, snr_min: float = 10.0, stamp: int = 45):

@@ -299,3 +299,54 @@ def test_flux_refit_does_not_raise_chi2(model, scene):
     assert np.all(on.chi2 <= off.chi2 * (1 + 1e-4))
     np.testing.assert_allclose(off.amplitudes, 1.0)
     np.testing.assert_allclose(on.fluxes, on.models.sum(axis=(2, 3)), rtol=1e-4, atol=1e-3)
+
+
+def test_fit_flux_bias_tabulates_a_known_bias():
+    from galjax.deblend import fit_flux_bias, flux_bias
+
+    rng = np.random.default_rng(1)
+    snr = np.exp(rng.uniform(np.log(10), np.log(1000), 8000))
+    dflux = 2.0 / snr + 0.5 / snr * rng.normal(size=snr.size)  # bias 2/s, noise ~ 1/s
+    dflux[:50] = 3.0  # blending failures are left out (clip)
+    table = fit_flux_bias(snr, dflux)
+    assert len(table["snr"]) == 8 and sum(table["n"]) == snr.size - 50
+    assert np.all(np.diff(table["snr"]) > 0)
+    np.testing.assert_allclose(table["bias"], 2.0 / np.asarray(table["snr"]), rtol=0.15)
+    # Interpolated in log SNR between the nodes, constant beyond them.
+    s = np.array([5.0, 30.0, 300.0, 5000.0])
+    b = np.asarray(flux_bias(s, table))
+    np.testing.assert_allclose(b[1:3], 2.0 / s[1:3], rtol=0.2)
+    assert b[0] == pytest.approx(table["bias"][0]) and b[3] == pytest.approx(table["bias"][-1])
+    with pytest.raises(ValueError, match="usable sources"):
+        fit_flux_bias(snr[:5], dflux[:5])
+    with pytest.raises(ValueError, match="same length"):
+        fit_flux_bias(snr, dflux[:3])
+
+
+def test_debias_fluxes_divides_the_bias_out(model, scene):
+    from galjax.deblend import debias_fluxes, model_snr
+
+    f, p, m, s = scene["field"], scene["pos"], scene["mask"], scene["sigma"]
+    res = deblend(model, f, p, m, sigma=s, config=FAST, progress=False)
+    ivar = 1.0 / s**2
+    snr = np.asarray(model_snr(res.models, ivar))
+    np.testing.assert_allclose(snr[0, 0, 0], np.sqrt(np.sum(res.models[0, 0] ** 2 * ivar[0])),
+                               rtol=1e-5)  # fmt: skip
+    table = {"snr": [1.0, 1e6], "bias": [0.25, 0.25], "n": [10, 10]}  # a constant +25 %
+    out = debias_fluxes(res, ivar, table)
+    real = np.asarray(m)
+    np.testing.assert_allclose(np.asarray(out.fluxes)[real], res.fluxes[real] / 1.25, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.fluxes)[~real], res.fluxes[~real])
+    np.testing.assert_allclose(np.asarray(out.fluxes), np.asarray(out.models).sum(axis=(2, 3)),
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    # The field is unchanged: residual + models is the same before and after.
+    before = res.residual + res.models.sum(axis=1)
+    after = np.asarray(out.residual) + np.asarray(out.models).sum(axis=1)
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
+    # deblend() applies a model's calibrated table unless debias=False.
+    biased = model._replace(meta={"flux_bias": table})
+    on = deblend(biased, f, p, m, sigma=s, config=FAST, progress=False)
+    off = deblend(biased, f, p, m, sigma=s, config=DeblendConfig(n_steps=30, chunk=2, debias=False),
+                  progress=False)  # fmt: skip
+    np.testing.assert_allclose(on.fluxes, np.asarray(out.fluxes), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(off.fluxes, res.fluxes, rtol=1e-5)

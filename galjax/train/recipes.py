@@ -12,6 +12,9 @@ function; the command line (``galjax train``) records the configs and seeds.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -254,40 +257,75 @@ def train_init_encoder(
 
 def calibrate_flux_errors(key, model, survey: Survey, n_fields: int = 256, config=None,
                           snr_min: float = 10.0, progress: bool = True) -> dict:  # fmt: skip
-    """Calibrate the fractional model error of the Laplace flux errors on simulations.
+    """Calibrate the flux noise bias and the Laplace model error on simulations.
 
-    Simulates ``n_fields`` blended fields of ``survey`` (1-4 galaxies), deblends them,
-    and finds with :func:`~galjax.deblend.calibrate_model_error` the fractional error
-    ``s`` that, added in quadrature to the statistical Laplace error, puts the true
-    flux of 68.3 % of the galaxies with ``SNR >= snr_min`` (all bands) inside the
-    1-sigma interval. Use fields the coverage is not checked on.
+    Simulates ``n_fields`` blended fields of ``survey`` (1-4 galaxies) and deblends
+    them without debiasing. Then:
+
+    1. tabulates the noise bias ``<dF/F>`` against each source's measured SNR
+       (:func:`~galjax.deblend.fit_flux_bias`, all sources and bands) and divides
+       it out (:func:`~galjax.deblend.debias_fluxes`);
+    2. finds with :func:`~galjax.deblend.calibrate_model_error` the fractional error
+       that, added in quadrature to the statistical Laplace error of the debiased
+       fluxes, puts the true flux of 68.3 % of the galaxies with ``SNR >= snr_min``
+       (all bands) inside the 1-sigma interval.
+
+    Use fields the results are not checked on.
 
     Returns:
-      dict with ``flux_model_error`` (``s``), ``coverage_statistical`` (coverage with
-      ``s = 0``), ``n_galaxies``, ``n_fields``, ``snr_min`` and the deblend config.
+      dict with ``flux_bias`` (the bias table, or None when too few sources are
+      within 50 % of their true flux to tabulate it; for
+      ``model.meta["flux_bias"]``), ``flux_model_error``, ``coverage_statistical``
+      (coverage with no model error), the mean signed ``dF/F`` before and after the
+      bias correction, ``n_galaxies``, ``n_fields``, ``snr_min`` and the deblend config.
     """
-    from ..deblend import DeblendConfig, calibrate_model_error, deblend, laplace_flux_errors
+    from ..deblend import (
+        DeblendConfig,
+        calibrate_model_error,
+        debias_fluxes,
+        deblend,
+        fit_flux_bias,
+        laplace_flux_errors,
+        model_snr,
+    )
     from ..sim.blend import simulate_fields
 
-    cfg = config or DeblendConfig(chunk=4)
+    cfg = dataclasses.replace(config or DeblendConfig(chunk=4), debias=False)
     truth = simulate_fields(key, n_fields, survey, n_max=4, progress=progress)
     sigma = np.sqrt(noise_variance(truth.image, np.asarray(survey.sky_sigma), survey.gain))
+    ivar = 1.0 / sigma**2
     psf = survey.pixel_psf() if model.vae_config.psf_explicit else None
     res = deblend(model, truth.image, truth.positions, truth.mask, sigma=sigma, psf=psf,
                   config=cfg, progress=progress)  # fmt: skip
-    err = laplace_flux_errors(model, res, truth.positions, 1.0 / sigma**2, psf, model_error=0.0,
-                              prior_weight=cfg.prior_weight)  # fmt: skip
     true_flux = truth.sources.sum(axis=(2, 3))
+    real = truth.mask & (true_flux[..., 0] > 0)
+    snr = np.asarray(model_snr(res.models, ivar))
+    dflux = (res.fluxes - true_flux)[real] / true_flux[real]
+    try:
+        table = fit_flux_bias(snr[real], dflux)
+    except ValueError as exc:  # e.g. an untrained model: nearly every flux is far off
+        warnings.warn(f"flux bias not calibrated: {exc}", stacklevel=2)
+        table = None
+    if table is not None:
+        res = jax.tree.map(np.asarray, debias_fluxes(res, ivar, table))
+    err = laplace_flux_errors(model, res, truth.positions, ivar, psf, model_error=0.0,
+                              prior_weight=cfg.prior_weight)  # fmt: skip
     sel = truth.mask & (truth.snr >= snr_min)
-    flux, err, true_flux = np.asarray(res.fluxes)[sel], err[sel], true_flux[sel]
+    flux, err, tf = np.asarray(res.fluxes)[sel], err[sel], true_flux[sel]
     if flux.size == 0:
         raise ValueError(f"n_fields: no galaxy with SNR >= {snr_min} in {n_fields} fields")
-    s = calibrate_model_error(flux, err, true_flux)
+    s = calibrate_model_error(flux, err, tf)
+    debiased = (res.fluxes - true_flux)[real] / true_flux[real]
+    near = np.abs(dflux) <= 0.5
     return {
+        "flux_bias": table,
         "flux_model_error": s,
-        "coverage_statistical": float(np.mean(np.abs(flux - true_flux) <= err)),
+        "coverage_statistical": float(np.mean(np.abs(flux - tf) <= err)),
+        # Mean signed dF/F of the sources within 50 % of their true flux.
+        "mean_dflux_raw": float(np.mean(dflux[near])) if near.any() else None,
+        "mean_dflux_debiased": float(np.mean(debiased[near])) if near.any() else None,
         "n_galaxies": int(sel.sum()),
         "n_fields": n_fields,
         "snr_min": snr_min,
-        "deblend_config": cfg.to_dict(),
+        "deblend_config": dataclasses.replace(cfg, debias=True).to_dict(),
     }
