@@ -68,7 +68,10 @@ class DeblendConfig:
       n_steps: maximum Adam steps per field (MADNESS: 200).
       learning_rate: Adam step size in latent units (MADNESS: 0.05).
       decay: learning-rate factor reached at ``n_steps`` (exponential decay).
-      tol: relative loss improvement that counts as progress.
+      tol: relative loss improvement that counts as progress. On 256 validation
+        fields (LSST-like, seed 11) tol 1e-4 / 3e-4 / 1e-3 / 3e-3 took 92 / 67 / 46 / 33
+        steps on average at mean |dF/F| 0.0699 / 0.0689 / 0.0693 / 0.0693: the default
+        1e-3 halves the cost of 1e-4 at the same accuracy.
       patience: steps without progress after which a field is converged.
       prior_weight: weight of ``-log p(z)`` (1 = the posterior of Biswas et al.,
         0 = maximum likelihood). The default 0.01 tempers the flow prior: on
@@ -91,7 +94,7 @@ class DeblendConfig:
     n_steps: int = 200
     learning_rate: float = 0.05
     decay: float = 0.1
-    tol: float = 1e-4
+    tol: float = 1e-3
     patience: int = 8
     prior_weight: float = 0.01
     use_init_encoder: bool = True
