@@ -230,8 +230,10 @@ def _train(args) -> int:
         meta.setdefault("recipes", {})[args.what] = recipe
         k_data, k_fit = jax.random.split(jax.random.key(args.seed))
         if args.what == "flow":
-            stamps = _load_stamps(args, survey, k_data)
-            z = encode_dataset(model.vae_params, model.vae_config, stamps["image"])
+            k_stamps, k_z = jax.random.split(k_data)
+            stamps = _load_stamps(args, survey, k_stamps)
+            z = encode_dataset(model.vae_params, model.vae_config, stamps["image"], key=k_z,
+                               n_samples=args.posterior_samples)  # fmt: skip
             fcfg = FlowConfig(dim=model.vae_config.latent_dim)
             fparams, hist = train_flow(
                 k_fit,
@@ -507,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--psf-explicit",
         action="store_true",
         help="decoder draws galaxies before the PSF; deblending then needs the field PSF (vae)",
+    )
+    tr.add_argument(
+        "--posterior-samples",
+        type=int,
+        default=4,
+        help="flow: fit draws from q(z|x), this many per stamp (0: the posterior means)",
     )
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_train)

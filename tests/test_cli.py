@@ -85,6 +85,13 @@ def test_train_vae_from_a_folder_of_fits_stamps(tmp_path):
     assert main(argv) == 0
     model = load_model(out)
     assert model.vae_config.latent_dim == 4 and model.vae_config.stamp_size == 45
+    # The flow prior on two draws from q(z|x) per stamp.
+    flow_argv = ["train", "flow", "--out", str(out), "--stamps", str(folder), "--steps", "3",
+                 "--batch", "4", "--posterior-samples", "2", "--quiet"]  # fmt: skip
+    assert main(flow_argv) == 0
+    model = load_model(out)
+    assert model.flow_config.dim == 4 and model.flow_params is not None
+    assert model.meta["recipes"]["flow"]["posterior_samples"] == 2
     fits.writeto(folder / "odd.fits", np.zeros((30, 30), "f4"))
     with pytest.raises(ValueError, match="differ in shape"):
         main(argv)

@@ -506,3 +506,24 @@ def test_explicit_psf_vae_loss_convolves_with_the_pixel_level_psf():
     noisy = clean + sigma * jax.random.normal(k_noise, clean.shape, clean.dtype)
     t = elbo(k_z, params, cfg, noisy, target=clean, sigma=sigma, psf=survey.pixel_psf())
     np.testing.assert_allclose(loss, -jnp.mean(t.elbo) / (15 * 15), rtol=1e-5)
+
+
+def test_encode_dataset_means_and_posterior_draws(key):
+    from galjax.models import VAEConfig, encode, init_vae
+    from galjax.train.recipes import encode_dataset
+
+    cfg = VAEConfig(stamp_size=15, latent_dim=3, hidden=(8,), enc_channels=(4,),
+                    dec_channels=(4, 4), dec_start=4, scale=1.0)  # fmt: skip
+    params = init_vae(key, cfg)
+    x = jax.random.normal(key, (10, 15, 15, 1))
+    mu, log_sigma = encode(params, cfg, x)
+    means = encode_dataset(params, cfg, x, chunk=4)  # chunks of 4, last one short
+    np.testing.assert_allclose(means, mu, rtol=1e-5, atol=1e-6)
+    z = encode_dataset(params, cfg, x, chunk=4, key=jax.random.key(1), n_samples=2000)
+    assert z.shape == (20000, 3)
+    # Draw j of image i sits at row j * n + i; per image, mean g_mu and spread g_sigma.
+    per = z.reshape(2000, 10, 3)
+    np.testing.assert_allclose(per.mean(0), mu, atol=0.1)
+    np.testing.assert_allclose(per.std(0), np.exp(log_sigma), rtol=0.1)
+    with pytest.raises(ValueError, match="n_samples"):
+        encode_dataset(params, cfg, x, n_samples=3)

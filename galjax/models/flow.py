@@ -1,7 +1,9 @@
 """Normalizing-flow prior on the VAE's latent space (distrax, coupling layers).
 
 Biswas et al.: the flow models the distribution of the encoder's posterior means
-of isolated galaxies and gives ``log p(z)`` for the MAP objective. The flow is a
+of isolated galaxies and gives ``log p(z)`` for the MAP objective (galjax fits it to
+draws from each ``q(z | x)`` by default, which smooths the sheet the means lie on;
+see ``galjax train flow --posterior-samples``). The flow is a
 ``distrax.Transformed`` standard normal through a chain of affine coupling layers
 (RealNVP): each layer keeps a fixed random half of the coordinates and maps the
 other half by ``y = x * exp(s(x_keep)) + t(x_keep)``. The conditioners' last

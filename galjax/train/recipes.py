@@ -2,7 +2,7 @@
 
 1. :func:`train_vae`: the VAE on isolated simulated galaxies (noise drawn afresh
    for every batch; denoising target by default).
-2. :func:`train_flow`: the flow prior on the encoder's posterior means.
+2. :func:`train_flow`: the flow prior on samples of the encoder's aggregate posterior.
 3. :func:`train_init_encoder`: a copy of the encoder retrained on cutouts of
    blended fields (decoder frozen) to initialise the MAP deblender.
 
@@ -174,12 +174,29 @@ def train_vae(
     return state.params, hist
 
 
-def encode_dataset(params, config: VAEConfig, images, chunk: int = 1024):
-    """Posterior means ``g_mu(x)`` of many images, in chunks: ``(n, latent_dim)`` numpy."""
-    f = jax.jit(lambda x: encode(params, config, x)[0])
-    return np.concatenate(
-        [np.asarray(f(images[i : i + chunk])) for i in range(0, len(images), chunk)]
-    )
+def encode_dataset(params, config: VAEConfig, images, chunk: int = 1024, key=None,
+                   n_samples: int = 0):  # fmt: skip
+    """Latents of many images, in chunks (numpy).
+
+    With ``n_samples = 0`` the posterior means ``g_mu(x)``, ``(n, latent_dim)``. With
+    ``n_samples = k > 0`` (and a ``key``) ``k`` draws per image from
+    ``q(z | x) = N(g_mu, g_sigma^2)``, ``(k * n, latent_dim)``: samples of the aggregate
+    posterior, which fills the volume a MAP latent explores where the means lie on
+    a thin sheet.
+    """
+    f = jax.jit(lambda x: encode(params, config, x))
+    mus, sigmas = [], []
+    for i in range(0, len(images), chunk):
+        mu, log_sigma = f(images[i : i + chunk])
+        mus.append(np.asarray(mu))
+        sigmas.append(np.exp(np.asarray(log_sigma)))
+    mu, sigma = np.concatenate(mus), np.concatenate(sigmas)
+    if n_samples == 0:
+        return mu
+    if key is None or n_samples < 0:
+        raise ValueError("n_samples: draws need a key and n_samples >= 0")
+    eps = np.asarray(jax.random.normal(key, (n_samples, *mu.shape), mu.dtype))
+    return (mu[None] + sigma[None] * eps).reshape(-1, mu.shape[-1])
 
 
 def train_flow(
