@@ -140,6 +140,35 @@ def _load_stamps(args, survey, key):
     return make_stamps(key, survey, args.n_stamps, progress=not args.quiet)
 
 
+def _stage_workdir(out: Path, what: str, recipe: dict) -> Path:
+    """``out/logs_<what>`` for a training stage, emptied when it holds another run.
+
+    ``fit`` resumes from the checkpoint it finds there. That is right for an
+    interrupted run, wrong for a run of another recipe or on other VAE weights (the
+    later stages read them): then the folder is emptied and training starts over.
+    """
+    import hashlib
+    import json
+    import shutil
+
+    from ._files import atomic_write
+
+    work = out / f"logs_{what}"
+    inputs = {}
+    if what != "vae" and (out / "vae.msgpack").is_file():
+        inputs["vae.msgpack"] = hashlib.sha256((out / "vae.msgpack").read_bytes()).hexdigest()
+    run = json.loads(json.dumps({
+        "recipe": {k: v for k, v in recipe.items() if k != "quiet"}, "inputs": inputs,
+    }))  # fmt: skip
+    stamp = work / "run.json"
+    if work.exists() and (not stamp.is_file() or json.loads(stamp.read_text()) != run):
+        print(f"{work}: a run of another recipe or other weights; starting over", file=sys.stderr)
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write(stamp, lambda p: p.write_text(json.dumps(run, indent=1)))
+    return work
+
+
 def _override_survey(survey, items):
     """Apply ``--survey-set KEY=VALUE`` overrides (population or noise) to a survey."""
     import dataclasses
@@ -217,7 +246,7 @@ def _train(args) -> int:
             cfg,
             _train_config(args, args.steps),
             lr=args.lr,
-            workdir=out / "logs_vae",
+            workdir=_stage_workdir(out, "vae", recipe),
             progress=not args.quiet,
         )
         meta = {"survey": survey.to_dict(), "recipes": {"vae": recipe}}
@@ -241,7 +270,7 @@ def _train(args) -> int:
                 fcfg,
                 _train_config(args, args.steps),
                 lr=args.lr,
-                workdir=out / "logs_flow",
+                workdir=_stage_workdir(out, "flow", recipe),
                 progress=not args.quiet,
             )
             model = model._replace(flow_config=fcfg, flow_params=fparams, meta=meta)
@@ -263,7 +292,7 @@ def _train(args) -> int:
                 cut,
                 _train_config(args, args.steps),
                 lr=args.lr,
-                workdir=out / "logs_init",
+                workdir=_stage_workdir(out, "init", recipe),
                 progress=not args.quiet,
                 psf=survey.pixel_psf() if model.vae_config.psf_explicit else None,
             )

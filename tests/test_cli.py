@@ -68,7 +68,7 @@ def test_deblend_user_fields_writes_outputs(tmp_path):
         main(args[:5] + ["--model", str(tmp_path / "model"), "--out", str(out)])
 
 
-def test_train_vae_from_a_folder_of_fits_stamps(tmp_path):
+def test_train_vae_from_a_folder_of_fits_stamps(tmp_path, capsys):
     """`galjax train vae --stamps DIR` reads one stamp per FITS file and writes a model."""
     from galjax.models import load_model
 
@@ -92,6 +92,12 @@ def test_train_vae_from_a_folder_of_fits_stamps(tmp_path):
     model = load_model(out)
     assert model.flow_config.dim == 4 and model.flow_params is not None
     assert model.meta["recipes"]["flow"]["posterior_samples"] == 2
+    # A rerun of the same recipe resumes the finished run; another recipe starts over.
+    capsys.readouterr()
+    assert main(flow_argv) == 0
+    assert "starting over" not in capsys.readouterr().err
+    assert main([*flow_argv[:-2], "1", "--quiet"]) == 0
+    assert "starting over" in capsys.readouterr().err
     fits.writeto(folder / "odd.fits", np.zeros((30, 30), "f4"))
     with pytest.raises(ValueError, match="differ in shape"):
         main(argv)
