@@ -18,6 +18,7 @@ There is no truth for real blends, so chi^2 ~ 1 is the figure of merit. Writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -124,12 +125,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model directory (default: shipped hsc)")
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--prior-weight", type=float, default=None,
+                    help="DeblendConfig.prior_weight (default: the library's)")  # fmt: skip
+    ap.add_argument("--out", default="deblend_hsc", help="name of the results JSON and figure")
     args = ap.parse_args()
     model = load_model(args.model or default_model_dir("hsc"))
     scenes = load_scenes()
     names, fields, ivar, pos, mask, psfs = stack(scenes)
 
     cfg = DeblendConfig(n_steps=args.steps, chunk=len(names))
+    if args.prior_weight is not None:
+        cfg = dataclasses.replace(cfg, prior_weight=args.prior_weight)
     t0 = time.perf_counter()
     res = deblend(model, fields, pos, mask, ivar=ivar, psf=psfs, config=cfg)
     t_deblend = time.perf_counter() - t0
@@ -164,8 +170,8 @@ def main():
     print(format_table(rows, [("scene", "scene", "s"), ("n", "sources", "d"),
                               ("galjax", "chi2 galjax", ".2f"), ("param", "chi2 Sersic", ".2f"),
                               ("none", "chi2 no model", ".1f")]))  # fmt: skip
-    figure(names, fields, res.models.sum(1), ivar, pos, mask, RESULTS_DIR / "deblend_hsc.png")
-    write_json(RESULTS_DIR / "deblend_hsc.json", {
+    figure(names, fields, res.models.sum(1), ivar, pos, mask, RESULTS_DIR / f"{args.out}.png")
+    write_json(RESULTS_DIR / f"{args.out}.json", {
         "benchmark": "deblend_hsc",
         "machine": machine_info(),
         "model": str(args.model or default_model_dir("hsc")),
