@@ -506,8 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
         "what",
         choices=["vae", "flow", "init", "calibrate"],
         help="vae: VAE on isolated galaxies; flow: latent prior (needs vae); "
-        "init: encoder retrained on blended cutouts (needs vae); calibrate: the model error "
-        "of the Laplace flux errors, on simulated blends (needs all three)",
+        "init: encoder retrained on blended cutouts (needs vae); calibrate: the flux "
+        "noise-bias table and the model error of the Laplace flux errors, on simulated "
+        "blends (needs all three)",
     )
     tr.add_argument("--out", required=True, help="model directory (read and updated)")
     tr.add_argument("--survey", default="lsst_r", help="built-in survey to simulate (vae)")
