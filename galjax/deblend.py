@@ -468,7 +468,9 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
       ivar: inverse variance (0 = ignore the pixel). Exactly one is required.
       psf: ``(ph, pw, bands)`` effective PSF shared by all fields, or
         ``(n_fields, ph, pw, bands)`` one per field (explicit-PSF models only).
-      config: :class:`DeblendConfig`.
+      config: :class:`DeblendConfig`; with ``debias`` (the default) the model's
+        calibrated noise-bias table (``model.meta["flux_bias"]``) is divided out of
+        each chunk's fluxes (:func:`debias_fluxes`).
       max_sources: refuse more than this many sources per field.
       on_chunk: called as ``on_chunk(start, result)`` with numpy results after each
         chunk, e.g. to write them so a long run never loses finished fields.
@@ -500,6 +502,8 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
     init = model.init_params if config.use_init_encoder else None
     params = (model.vae_params, model.flow_params, init)
     static = (model.vae_config, model.flow_config, config)
+    # The model's calibrated noise-bias table, divided out chunk by chunk.
+    bias = (model.meta or {}).get("flux_bias") if config.debias else None
     per_field_psf = psf is not None and psf.ndim == 4
     psf_arr = None if psf is None or per_field_psf else jnp.asarray(psf)
     outs = []
@@ -518,14 +522,12 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
             batch = [*batch, psf_arr]
         res = _deblend_chunk(params, *batch, static)
         res = jax.tree.map(lambda a, m=m: np.asarray(a)[:m], res)
+        if bias is not None:
+            res = jax.tree.map(np.asarray, debias_fluxes(res, ivar[sl], bias))
         if on_chunk is not None:
             on_chunk(start, res)
         outs.append(res)
-    res = jax.tree.map(lambda *a: np.concatenate(a), *outs)
-    bias = (model.meta or {}).get("flux_bias")
-    if config.debias and bias is not None:
-        res = jax.tree.map(np.asarray, debias_fluxes(res, ivar, bias))
-    return res
+    return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
 class LaplaceResult(NamedTuple):

@@ -345,7 +345,10 @@ def test_debias_fluxes_divides_the_bias_out(model, scene):
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
     # deblend() applies a model's calibrated table unless debias=False.
     biased = model._replace(meta={"flux_bias": table})
-    on = deblend(biased, f, p, m, sigma=s, config=FAST, progress=False)
+    chunks = {}
+    on = deblend(biased, f, p, m, sigma=s, config=FAST, progress=False,
+                 on_chunk=lambda start, r: chunks.update({start: r.fluxes}))  # fmt: skip
+    np.testing.assert_allclose(np.concatenate([chunks[k] for k in sorted(chunks)]), on.fluxes)
     off = deblend(biased, f, p, m, sigma=s, config=DeblendConfig(n_steps=30, chunk=2, debias=False),
                   progress=False)  # fmt: skip
     np.testing.assert_allclose(on.fluxes, np.asarray(out.fluxes), rtol=1e-4, atol=1e-5)
