@@ -8,6 +8,7 @@ table (ECSV) and a figure (PNG).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -394,7 +395,9 @@ def _deblend(args) -> int:
     model_dir = args.model or default_model_dir("lsst_r")
     model = load_model(model_dir)
     bands = tuple(model.meta.get("survey", {}).get("bands", ("band0",)))
-    cfg = DeblendConfig(n_steps=args.steps, chunk=args.chunk)
+    cfg = DeblendConfig(n_steps=args.steps, chunk=args.chunk, debias=not args.no_debias)
+    if args.prior_weight is not None:
+        cfg = dataclasses.replace(cfg, prior_weight=args.prior_weight)
     truth = None
     if args.demo:
         survey = Survey.from_dict(model.meta["survey"])
@@ -452,7 +455,8 @@ def _deblend(args) -> int:
         progress=not args.quiet,
     )
     ivar = 1.0 / np.asarray(sigma, np.float32) ** 2
-    flux_err = laplace_flux_errors(model, res, np.asarray(positions), ivar, psf_arg)
+    flux_err = laplace_flux_errors(model, res, np.asarray(positions), ivar, psf_arg,
+                                   prior_weight=cfg.prior_weight)  # fmt: skip
     _write_deblend_outputs(
         out, res, flux_err, np.asarray(positions), bands, fields, np.asarray(sigma), title
     )
@@ -572,6 +576,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="fields per compiled call (small on CPU: a chunk runs until its slowest field "
         "converges; large on GPU/TPU)",
+    )
+    db.add_argument(
+        "--prior-weight",
+        type=float,
+        default=None,
+        help="weight of the flow prior (default 0.01; 1 is the full posterior)",
+    )
+    db.add_argument(
+        "--no-debias",
+        action="store_true",
+        help="keep the raw fluxes (no calibrated noise-bias correction)",
     )
     db.add_argument("--quiet", action="store_true", help="no progress bar")
     db.set_defaults(func=_deblend)

@@ -66,6 +66,15 @@ def test_deblend_user_fields_writes_outputs(tmp_path):
     assert len(list((out / "chunks").glob("chunk_*.npz"))) >= 1
     with pytest.raises(SystemExit, match="--sigma"):
         main(args[:5] + ["--model", str(tmp_path / "model"), "--out", str(out)])
+    # A model with a calibrated noise bias (+25 % everywhere): divided out unless --no-debias.
+    table = {"snr": [1.0, 1e6], "bias": [0.25, 0.25], "n": [10, 10]}
+    save_model(tmp_path / "biased", GalaxyModel(cfg, init_vae(k, cfg), fcfg, init_flow(k, fcfg),
+               meta={"survey": {"bands": ["r"]}, "flux_bias": table}))  # fmt: skip
+    base = [*args[:7], "--model", str(tmp_path / "biased"), "--steps", "10", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "b1")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b0"), "--no-debias"]) == 0
+    on, off = (Table.read(tmp_path / d / "catalog.ecsv")["flux_r"] for d in ("b1", "b0"))
+    np.testing.assert_allclose(on, off / 1.25, rtol=1e-4, atol=1e-6)
 
 
 def test_train_vae_from_a_folder_of_fits_stamps(tmp_path, capsys):
