@@ -82,7 +82,8 @@ def main():
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--model", default=None, help="model directory (default: shipped lsst_r)")
     ap.add_argument("--scene-steps", type=int, default=200)
-    ap.add_argument("--chunk", type=int, default=4, help="fields per compiled call (small on CPU)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="fields per compiled call (default: 1 on CPU)")  # fmt: skip
     ap.add_argument("--steps", type=int, default=200, help="maximum MAP steps per field")
     ap.add_argument("--galjax-only", action="store_true", help="skip the baselines")
     ap.add_argument("--out", default="deblend_quality", help="name of the results JSON")

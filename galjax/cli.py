@@ -573,9 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument(
         "--chunk",
         type=int,
-        default=4,
-        help="fields per compiled call (small on CPU: a chunk runs until its slowest field "
-        "converges; large on GPU/TPU)",
+        default=None,
+        help="fields per compiled call (default: 1 on CPU, where a chunk runs until its "
+        "slowest field converges; 256 on GPU/TPU)",
     )
     db.add_argument(
         "--prior-weight",

@@ -85,7 +85,11 @@ class DeblendConfig:
         must be tempered: 0.078 / 0.038 at weight 1, 0.070 / 0.030 at 0.01.)
       use_init_encoder: initialise from the encoder retrained on blends when the
         model has one.
-      chunk: fields per compiled call.
+      chunk: fields per compiled call; None picks 1 on CPU and 256 on GPU/TPU. A
+        vmapped chunk runs until its slowest field stops, which costs on a CPU (where
+        the call is compute-bound, so batching gains nothing): on 512 LSST-like fields
+        chunks of 1 took 0.058 s per galaxy against 0.101 s for chunks of 4, with
+        identical results. On an accelerator the large batch is what wins.
       refit_fluxes: after the MAP, rescale each source's model per band by the
         weighted least-squares amplitude with the shapes fixed
         (:func:`refit_amplitudes`); corrects the decoder's flux-scale errors.
@@ -101,12 +105,12 @@ class DeblendConfig:
     patience: int = 8
     prior_weight: float = 0.01
     use_init_encoder: bool = True
-    chunk: int = 256
+    chunk: int | None = None
     refit_fluxes: bool = True
     debias: bool = True
 
     def __post_init__(self):
-        if self.n_steps < 1 or self.chunk < 1 or self.patience < 1:
+        if self.n_steps < 1 or (self.chunk is not None and self.chunk < 1) or self.patience < 1:
             raise ValueError("n_steps, chunk and patience must be >= 1")
         if self.learning_rate <= 0 or not 0 < self.decay <= 1:
             raise ValueError("learning_rate must be > 0 and decay in (0, 1]")
@@ -497,7 +501,8 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
 
         mesh = data_mesh()
     n_dev = 1 if mesh is None else mesh.devices.size
-    chunk = min(config.chunk, n)
+    chunk = config.chunk or (1 if jax.default_backend() == "cpu" else 256)
+    chunk = min(chunk, n)
     chunk = -(-chunk // n_dev) * n_dev  # a multiple of the device count
     init = model.init_params if config.use_init_encoder else None
     params = (model.vae_params, model.flow_params, init)

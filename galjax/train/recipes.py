@@ -307,7 +307,7 @@ def calibrate_flux_errors(key, model, survey: Survey, n_fields: int = 256, confi
     )
     from ..sim.blend import simulate_fields
 
-    cfg = dataclasses.replace(config or DeblendConfig(chunk=4), debias=False)
+    cfg = dataclasses.replace(config or DeblendConfig(), debias=False)
     truth = simulate_fields(key, n_fields, survey, n_max=4, progress=progress)
     sigma = np.sqrt(noise_variance(truth.image, np.asarray(survey.sky_sigma), survey.gain))
     ivar = 1.0 / sigma**2
