@@ -66,6 +66,14 @@ def _summary(models, fluxes, truth, chi2):
     }
 
 
+def _setup(args):
+    """The model, the simulated LSST-like fields (with truth) and their noise sigma."""
+    model = load_model(args.model or default_model_dir("lsst_r"))
+    truth = simulate_fields(jax.random.key(args.seed), args.n, LSST_R, n_max=4, progress=True)
+    sigma = np.sqrt(noise_variance(truth.image, np.asarray(LSST_R.sky_sigma), LSST_R.gain))
+    return model, truth, sigma
+
+
 def _parse_sweep(text):
     """``"prior_weight=0,0.01,1"`` -> ("prior_weight", [0.0, 0.01, 1.0])."""
     key, _, values = text.partition("=")
@@ -100,9 +108,7 @@ def main():
         return
 
     survey = LSST_R
-    model = load_model(args.model or default_model_dir("lsst_r"))
-    truth = simulate_fields(jax.random.key(args.seed), args.n, survey, n_max=4, progress=True)
-    sigma = np.sqrt(noise_variance(truth.image, np.asarray(survey.sky_sigma), survey.gain))
+    model, truth, sigma = _setup(args)
     ivar = 1.0 / sigma**2
     rows, results = [], {}
 
@@ -183,12 +189,11 @@ def main():
 
 def _sweep(args):
     key, values = _parse_sweep(args.sweep)
-    model = load_model(args.model or default_model_dir("lsst_r"))
-    truth = simulate_fields(jax.random.key(args.seed), args.n, LSST_R, n_max=4, progress=True)
-    sigma = np.sqrt(noise_variance(truth.image, np.asarray(LSST_R.sky_sigma), LSST_R.gain))
+    model, truth, sigma = _setup(args)
+    base = DeblendConfig(chunk=args.chunk, n_steps=args.steps)
     rows = []
     for v in values:
-        cfg = DeblendConfig(**{"chunk": args.chunk, "n_steps": args.steps, key: v})
+        cfg = dataclasses.replace(base, **{key: v})
         t0 = time.perf_counter()
         res = deblend(model, truth.image, truth.positions, truth.mask, sigma=sigma, config=cfg,
                       progress=False)  # fmt: skip
@@ -213,7 +218,7 @@ def _sweep(args):
         "survey": LSST_R.name,
         "snr_cut": 10,
         "swept": key,
-        "deblend_config": DeblendConfig(chunk=args.chunk, n_steps=args.steps).to_dict(),
+        "deblend_config": base.to_dict(),
         "model": str(args.model or default_model_dir("lsst_r")),
         "results": rows,
     }

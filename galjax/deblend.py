@@ -266,8 +266,7 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
         amp = refit_amplitudes(models, field, ivar, mask)
         models = models * amp[:, None, None, :]
     resid = field - jnp.sum(models, axis=0)
-    n_good = jnp.maximum(jnp.sum(ivar > 0), 1).astype(field.dtype)
-    chi2 = jnp.sum(ivar * resid**2) / n_good
+    chi2 = _chi2_per_pixel(resid, ivar)
     last = st.history[jnp.maximum(st.step - 1, 0)]
     hist = jnp.where(jnp.arange(cfg.n_steps) < st.step, st.history, last)
     return DeblendResult(
@@ -282,6 +281,12 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
         mask=mask,
         amplitudes=amp,
     )
+
+
+def _chi2_per_pixel(resid, ivar):
+    """``sum w r^2`` over the usable (``w > 0``) pixels of ``(..., h, w, bands)``: ``(...)``."""
+    n_good = jnp.maximum(jnp.sum(ivar > 0, axis=(-3, -2, -1)), 1).astype(resid.dtype)
+    return jnp.sum(ivar * resid**2, axis=(-3, -2, -1)) / n_good
 
 
 _REFIT_RIDGE = 1e-3
@@ -758,13 +763,12 @@ def debias_fluxes(result: DeblendResult, ivar, table, max_factor: float = 2.0) -
     models = models * factor[..., None, None, :]
     field = jnp.asarray(result.residual) + jnp.sum(jnp.asarray(result.models), axis=-4)
     resid = field - jnp.sum(models, axis=-4)
-    n_good = jnp.maximum(jnp.sum(ivar > 0, axis=(-3, -2, -1)), 1).astype(models.dtype)
     return result._replace(
         models=models,
         fluxes=jnp.sum(models, axis=(-3, -2)),
         amplitudes=jnp.asarray(result.amplitudes) * factor,
         residual=resid,
-        chi2=jnp.sum(ivar * resid**2, axis=(-3, -2, -1)) / n_good,
+        chi2=_chi2_per_pixel(resid, ivar),
     )
 
 
