@@ -77,7 +77,7 @@ class DeblendConfig:
         0 = maximum likelihood). With a flow fit to draws from ``q(z|x)`` (the
         default of ``galjax train flow``) the weight matters little on simulated
         blends: on 256 validation fields (LSST-like, seed 11, not the benchmark's)
-        mean / median |dF/F| were 0.0580 / 0.0235 at weight 1 and 0.0599 / 0.0237 at
+        mean / median |dF/F| were 0.0583 / 0.0242 at weight 1 and 0.0599 / 0.0250 at
         0.01. On real HSC scenes the full prior pulls a large spiral, unlike the
         training galaxies, away from the data (residual chi2 3.85 against 2.54 at
         0.01), so the default 0.01 keeps only a weak prior on the directions the data
@@ -88,7 +88,7 @@ class DeblendConfig:
       chunk: fields per compiled call; None picks 1 on CPU and 256 on GPU/TPU. A
         vmapped chunk runs until its slowest field stops, which costs on a CPU (where
         the call is compute-bound, so batching gains nothing): on 512 LSST-like fields
-        chunks of 1 took 0.058 s per galaxy against 0.101 s for chunks of 4, with
+        chunks of 1 took 0.056 s per galaxy against 0.101 s for chunks of 4, with
         identical results. On an accelerator the large batch is what wins.
       refit_fluxes: after the MAP, rescale each source's model per band by the
         weighted least-squares amplitude with the shapes fixed
