@@ -4,8 +4,10 @@ For n_fields in {1, 16, 256, 2048} LSST-like fields (1-4 galaxies each) it repor
 galaxies per second for the single compiled vmapped call (200 fixed steps, and with
 the per-field stopping rule), for a loop of the jitted one-field function, compile
 time, process peak memory, and the achieved GFLOP/s against the GFLOP/s this machine
-reaches on the decoder's own layers run alone (the ceiling). Writes
-benchmarks/results/deblend_speed.json.
+reaches on the decoder's own layers run alone (the ceiling). It also times the library
+default as a user calls it, ``deblend(model, ...)`` with ``DeblendConfig()`` (chunks of
+one field on a CPU, padded source slots dropped, stopping rule, flux refit and
+noise-bias correction), compile included. Writes benchmarks/results/deblend_speed.json.
 
     python benchmarks/deblend_speed.py
 """
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from _common import RESULTS_DIR, best_time, cost_analysis, format_table, machine_info, write_json
 
-from galjax.deblend import DeblendConfig, _deblend_chunk, _objective, deblend_field
+from galjax.deblend import DeblendConfig, _deblend_chunk, _objective, deblend, deblend_field
 from galjax.models import decode, default_model_dir, load_model
 from galjax.sim import LSST_R, noise_variance, simulate_fields
 
@@ -52,6 +54,24 @@ def _flops_per_step(model, fields, pos, mask, ivar, static) -> float:
     return cost_analysis(c).get("flops", float("nan"))
 
 
+def _library_default(model, fields, pos, mask, sigma, n: int) -> dict | None:
+    """``deblend()`` as a user calls it, twice: cold (compiles included) and warm."""
+    if n < 1:
+        return None
+    out = {"n_fields": n, "n_galaxies": int(mask[:n].sum()), "config": DeblendConfig().to_dict()}
+    for name in ("cold", "warm"):
+        t0 = time.perf_counter()
+        res = deblend(model, fields[:n], pos[:n], mask[:n], sigma=sigma[:n], progress=False)
+        dt = time.perf_counter() - t0
+        out[f"run_s_{name}"] = dt
+        out[f"s_per_galaxy_{name}"] = dt / out["n_galaxies"]
+    out["mean_steps"] = float(np.mean(res.n_iter))
+    print(f"library default on {n} fields ({out['n_galaxies']} galaxies): "
+          f"{out['s_per_galaxy_cold']:.4f} s/galaxy cold, {out['s_per_galaxy_warm']:.4f} warm, "
+          f"mean {out['mean_steps']:.0f} steps")  # fmt: skip
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 256, 2048])
@@ -63,6 +83,12 @@ def main():
         "about 10 minutes on 2 cores; above this the fixed-step time is extrapolated)",
     )
     ap.add_argument("--loop-fields", type=int, default=32, help="fields timed in the Python loop")
+    ap.add_argument(
+        "--default-fields",
+        type=int,
+        default=256,
+        help="fields run through deblend() with the default config (0: skip)",
+    )
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
 
@@ -92,6 +118,8 @@ def main():
     for i in range(k):
         one(fields[i], pos[i], mask[i], ivar[i]).latents.block_until_ready()
     loop_per_field = (time.perf_counter() - t0) / k
+
+    default = _library_default(model, fields, pos, mask, sigma, min(args.default_fields, n_all))
 
     rows = []
     for n in sorted(args.sizes):
@@ -157,6 +185,7 @@ def main():
             "fields_timed": k,
         },  # fmt: skip
         "rows": rows,
+        "library_default": default,
         "notes": "fixed200: 200 Adam steps per field (stopping disabled); early: the per-field "
         "stopping rule (DeblendConfig defaults). gal/s counts galaxies (1-4 per field). Peak RSS "
         "is the process maximum so far (sizes run in increasing order).",

@@ -520,8 +520,12 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
     for start in tqdm(range(0, n, chunk), desc="deblending", unit="chunk", disable=not progress):
         sl = slice(start, min(start + chunk, n))
         m = sl.stop - sl.start
-        arrays = (fields, positions, mask, ivar) + ((psf,) if per_field_psf else ())
-        batch = [a[sl] for a in arrays]
+        # Only the chunk's real sources are solved: padded slots cost as much as real ones.
+        slots = _chunk_slots(mask[sl])
+        pos_c = np.take_along_axis(positions[sl], slots[..., None], axis=1)
+        mask_c = np.take_along_axis(mask[sl], slots, axis=1)
+        arrays = (fields[sl], pos_c, mask_c, ivar[sl]) + ((psf[sl],) if per_field_psf else ())
+        batch = list(arrays)
         if m < chunk:  # pad the last chunk to the compiled shape
             batch = [np.concatenate([a, np.repeat(a[:1], chunk - m, axis=0)]) for a in batch]
         if mesh is not None:
@@ -532,12 +536,56 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
             batch = [*batch, psf_arr]
         res = _deblend_chunk(params, *batch, static)
         res = jax.tree.map(lambda a, m=m: np.asarray(a)[:m], res)
+        res = _restore_slots(res, slots, mask[sl])
         if bias is not None:
             res = jax.tree.map(np.asarray, debias_fluxes(res, ivar[sl], bias))
         if on_chunk is not None:
             on_chunk(start, res)
         outs.append(res)
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+
+
+def _slot_bucket(k: int, n_max: int) -> int:
+    """Slots compiled for a chunk whose fields hold at most ``k`` sources.
+
+    ``k`` itself up to 4, then the next power of two (capped at ``n_max``): few
+    compiled shapes (one per bucket) however large ``n_max`` is.
+    """
+    k = max(k, 1)
+    return min(k if k <= 4 else 1 << (k - 1).bit_length(), n_max)
+
+
+def _chunk_slots(mask):
+    """``(m, k)`` slot indices that move each field's real sources to the front.
+
+    ``k = _slot_bucket(max real sources in the chunk)``; a stable sort keeps the
+    sources' order. The cost of a field-step grows with the slot count (every slot
+    is decoded, shifted and placed), so a chunk of one- and two-source fields runs
+    on 1 or 2 slots instead of ``n_max``. Host-side numpy.
+    """
+    k = _slot_bucket(int(mask.sum(axis=1).max(initial=0)), mask.shape[1])
+    return np.argsort(~mask, axis=1, kind="stable")[:, :k]
+
+
+_SLOT_FILL = {"models": 0.0, "latents": 0.0, "fluxes": 0.0, "amplitudes": 1.0}
+
+
+def _restore_slots(res: DeblendResult, slots, mask) -> DeblendResult:
+    """Scatter a chunk's compacted per-source outputs back to the caller's slots.
+
+    Padded slots get what an untrimmed solve gives them: empty models, zero latents
+    and fluxes, unit amplitudes (masked sources never move from their zero start).
+    """
+    if slots.shape[1] == mask.shape[1] and np.all(slots == np.arange(mask.shape[1])):
+        return res._replace(mask=mask)
+    out = {"mask": mask}
+    for name, fill in _SLOT_FILL.items():
+        a = getattr(res, name)
+        full = np.full((a.shape[0], mask.shape[1]) + a.shape[2:], fill, a.dtype)
+        idx = slots.reshape(slots.shape + (1,) * (a.ndim - 2))
+        np.put_along_axis(full, idx, a, axis=1)
+        out[name] = full
+    return res._replace(**out)
 
 
 class LaplaceResult(NamedTuple):

@@ -46,6 +46,82 @@ def test_shapes_under_jit_and_vmap(key, cfg):
     assert sample(key, params, cfg, 5).shape == (5, 15, 15, 1)
 
 
+@pytest.mark.parametrize(
+    "strides, padding, lhs_dil, rhs_dil",
+    [
+        ((1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1)),  # the decoder's last Conv ("SAME")
+        ((1, 1), ((2, 1), (2, 1)), (2, 2), (1, 1)),  # its ConvTranspose layers
+        ((2, 2), ((0, 1), (1, 0)), (1, 1), (1, 1)),  # strided, uneven padding
+        ((1, 2), ((2, 2), (0, 1)), (1, 1), (2, 1)),  # kernel dilation
+    ],
+)
+def test_canonical_conv_gradients_equal_lax(key, strides, padding, lhs_dil, rhs_dil):
+    from jax import lax
+
+    from galjax.models.vae import _conv
+
+    k1, k2, k3 = jax.random.split(key, 3)
+    x = jax.random.normal(k1, (2, 7, 6, 3))
+    w = jax.random.normal(k2, (3, 3, 3, 5))
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, strides, padding, lhs_dil, rhs_dil,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+
+    ours = lambda x, w: _conv(x, w, strides, padding, lhs_dil, rhs_dil)
+    y = ref(x, w)
+    np.testing.assert_allclose(ours(x, w), y, rtol=1e-6, atol=1e-6)
+    g = jax.random.normal(k3, y.shape)
+    want = jax.vjp(ref, x, w)[1](g)
+    got = jax.vjp(ours, x, w)[1](g)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # Forward mode too (the Laplace approximation's Jacobian), with both tangents.
+    tx, tw = jax.random.normal(k3, x.shape), jax.random.normal(k1, w.shape)
+    np.testing.assert_allclose(jax.jvp(ours, (x, w), (tx, tw))[1],
+                               jax.jvp(ref, (x, w), (tx, tw))[1], rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_decoder_equals_flax_conv_transpose(key):
+    # The decoder's layers are Flax's ConvTranspose(3, stride 2, SAME) and Conv(3, SAME)
+    # under the same names: shipped weights load and decode to the same images.
+    import flax.linen as nn
+
+    cfg = TINY
+
+    class Reference(nn.Module):
+        @nn.compact
+        def __call__(self, z):
+            h = nn.leaky_relu(nn.Dense(cfg.hidden[0])(z))
+            c0 = cfg.dec_channels[0]
+            h = nn.leaky_relu(nn.Dense(cfg.dec_start**2 * c0)(h))
+            h = h.reshape(-1, cfg.dec_start, cfg.dec_start, c0)
+            for c in cfg.dec_channels:
+                h = nn.leaky_relu(nn.ConvTranspose(c, (3, 3), strides=(2, 2), padding="SAME")(h))
+            h = nn.Conv(cfg.bands, (3, 3), padding="SAME")(h)
+            off = (h.shape[1] - cfg.stamp_size) // 2
+            return h[:, off : off + cfg.stamp_size, off : off + cfg.stamp_size]
+
+    params = init_vae(key, cfg)
+    z = jax.random.normal(key, (3, cfg.latent_dim))
+    ref = lambda z: Reference().apply({"params": params["decoder"]}, z) * cfg.scale
+    ours = lambda z: decode(params, cfg, z)[0]
+    np.testing.assert_allclose(ours(z), ref(z), rtol=1e-5, atol=1e-6)  # TINY: not positive
+    loss = lambda f: jax.grad(lambda z: jnp.sum(jnp.sin(f(z))))(z)
+    np.testing.assert_allclose(loss(ours), loss(ref), rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_gradient_inside_a_loop_matches_eager(key):
+    # The MAP loop differentiates the decoder inside lax.while_loop.
+    cfg = VAEConfig(stamp_size=15, latent_dim=4, hidden=(16,), dec_channels=(8, 4), dec_start=4)
+    params = init_vae(key, cfg)
+    g = jax.grad(lambda z: jnp.sum(jnp.sin(decode(params, cfg, z)[0])))
+    z = jax.random.normal(key, (3, 4))
+    looped = jax.jit(lambda z: jax.lax.fori_loop(0, 2, lambda i, z: z - 1e-3 * g(z), z))(z)
+    eager = z - 1e-3 * g(z)
+    np.testing.assert_allclose(looped, eager - 1e-3 * g(eager), rtol=1e-5, atol=1e-6)
+
+
 def test_kl_closed_form_matches_monte_carlo(key):
     mu = jnp.array([0.3, -1.2], jnp.float32)
     log_sigma = jnp.array([-0.5, 0.2], jnp.float32)
