@@ -32,14 +32,22 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _ceiling_gflops(model, batch: int = 1024) -> float:
-    """GFLOP/s of the decoder's forward + backward alone on a large batch."""
-    z = jnp.zeros((batch, model.vae_config.latent_dim), jnp.float32)
+def _ceiling_gflops(model, batches=(4, 16, 64, 256, 1024)) -> tuple[float, dict]:
+    """GFLOP/s of the decoder's forward + backward alone: the best over batch sizes.
+
+    Small batches stay in cache, large ones stream through memory, so the best rate
+    is not at the largest batch on a CPU.
+    """
     f = jax.jit(jax.grad(lambda z, p: jnp.sum(decode(p, model.vae_config, z)[0] ** 2)))
-    compiled = f.lower(z, model.vae_params).compile()
-    flops = cost_analysis(compiled).get("flops", float("nan"))
-    t = best_time(lambda: compiled(z, model.vae_params).block_until_ready(), repeats=3)
-    return flops / t / 1e9
+    rates = {}
+    for batch in batches:
+        z = jnp.zeros((batch, model.vae_config.latent_dim), jnp.float32)
+        compiled = f.lower(z, model.vae_params).compile()
+        flops = cost_analysis(compiled).get("flops", float("nan"))
+        repeats = max(3, 2048 // batch)
+        t = best_time(lambda c=compiled, z=z: c(z, model.vae_params).block_until_ready(), repeats)
+        rates[str(batch)] = flops / t / 1e9
+    return max(rates.values()), rates
 
 
 def _flops_per_step(model, fields, pos, mask, ivar, static) -> float:
@@ -69,6 +77,60 @@ def _library_default(model, fields, pos, mask, sigma, n: int) -> dict | None:
     print(f"library default on {n} fields ({out['n_galaxies']} galaxies): "
           f"{out['s_per_galaxy_cold']:.4f} s/galaxy cold, {out['s_per_galaxy_warm']:.4f} warm, "
           f"mean {out['mean_steps']:.0f} steps")  # fmt: skip
+    return out
+
+
+def _decoder_grad_ms(model, k: int = 4, steps: int = 100) -> dict:
+    """ms per decoder forward + backward (k stamps): called alone and inside a loop,
+    for galjax's decoder and the same layers with Flax's ConvTranspose / Conv."""
+    import flax.linen as nn
+
+    cfg = model.vae_config
+
+    class FlaxDecoder(nn.Module):  # the same layers and parameter names, lax's own gradient
+        @nn.compact
+        def __call__(self, z):
+            h = z
+            for w in cfg.hidden:
+                h = nn.leaky_relu(nn.Dense(w)(h))
+            c0 = cfg.dec_channels[0]
+            h = nn.leaky_relu(nn.Dense(cfg.dec_start**2 * c0)(h))
+            h = h.reshape(-1, cfg.dec_start, cfg.dec_start, c0)
+            for c in cfg.dec_channels:
+                h = nn.leaky_relu(nn.ConvTranspose(c, (3, 3), strides=(2, 2), padding="SAME")(h))
+            return nn.Conv(cfg.bands, (3, 3), padding="SAME")(h)
+
+    p = model.vae_params
+    flax_dec = lambda z, p: FlaxDecoder().apply({"params": p["decoder"]}, z)
+    ours = lambda z, p: decode(p, cfg, z)[0]
+    z = jnp.zeros((k, cfg.latent_dim), jnp.float32) + 0.1
+    out = {}
+    for name, f in (("galjax", ours), ("flax_lax_gradient", flax_dec)):
+        g = jax.grad(lambda z, p, f=f: jnp.sum(f(z, p) ** 2))
+        alone = jax.jit(g)
+        loop = jax.jit(
+            lambda z, p, g=g: jax.lax.fori_loop(0, steps, lambda i, z: z - 1e-6 * g(z, p), z)
+        )
+        t_alone = best_time(lambda a=alone: a(z, p).block_until_ready(), repeats=200)
+        t_loop = best_time(lambda lp=loop: lp(z, p).block_until_ready(), repeats=5) / steps
+        out[name] = {"alone_ms": 1e3 * t_alone, "in_loop_ms": 1e3 * t_loop}
+    print("decoder fwd+bwd ms (4 stamps):", out)
+    return out
+
+
+def _step_ms_by_sources(model, fields, pos, mask, ivar, steps: int = 100) -> dict:
+    """Milliseconds per MAP step of one field solved on k = 1..n_max source slots."""
+    cfg = DeblendConfig(n_steps=steps, patience=10**6)
+    static = (model.vae_config, model.flow_config, cfg)
+    params = (model.vae_params, model.flow_params, model.init_params)
+    i = int(np.argmax(mask.sum(axis=1)))  # a field with the most sources
+    out = {}
+    for k in range(1, mask.shape[1] + 1):
+        b = (fields[i : i + 1], pos[i : i + 1, :k], mask[i : i + 1, :k], ivar[i : i + 1])
+        c = _deblend_chunk.lower(params, *b, None, static).compile()
+        t = best_time(lambda c=c, b=b: jax.block_until_ready(c(params, *b, None)), repeats=5)
+        out[str(k)] = 1e3 * t / steps
+    print("ms per MAP step by source slots:", {k: round(v, 3) for k, v in out.items()})
     return out
 
 
@@ -102,10 +164,10 @@ def main():
     params = (model.vae_params, model.flow_params, model.init_params)
     fixed = DeblendConfig(n_steps=200, patience=10**6)  # never stops early
     early = DeblendConfig(n_steps=200)
-    ceiling = _ceiling_gflops(model)
+    ceiling, ceiling_by_batch = _ceiling_gflops(model)
     flops_step = _flops_per_step(model, fields, pos, mask, ivar,
                                  (model.vae_config, model.flow_config, fixed))  # fmt: skip
-    print(f"ceiling (decoder layers alone): {ceiling:.1f} GFLOP/s; "
+    print(f"ceiling (decoder layers alone, best batch): {ceiling:.1f} GFLOP/s {ceiling_by_batch}; "
           f"{flops_step / 1e6:.1f} MFLOP per field-step")  # fmt: skip
 
     # Python loop over fields of the jitted one-field function (per-field cost, then scaled).
@@ -119,6 +181,8 @@ def main():
         one(fields[i], pos[i], mask[i], ivar[i]).latents.block_until_ready()
     loop_per_field = (time.perf_counter() - t0) / k
 
+    dec_ms = _decoder_grad_ms(model)
+    step_ms = _step_ms_by_sources(model, fields, pos, mask, ivar)
     default = _library_default(model, fields, pos, mask, sigma, min(args.default_fields, n_all))
 
     rows = []
@@ -178,6 +242,7 @@ def main():
         "benchmark": "deblend_speed",
         "machine": machine_info(),
         "ceiling_gflops_decoder_alone": ceiling,
+        "ceiling_gflops_by_batch": ceiling_by_batch,
         "mflop_per_field_step": flops_step / 1e6,
         "loop": {
             "compile_s": loop_compile,
@@ -186,6 +251,8 @@ def main():
         },  # fmt: skip
         "rows": rows,
         "library_default": default,
+        "step_ms_by_sources": step_ms,
+        "decoder_grad_ms_4_stamps": dec_ms,
         "notes": "fixed200: 200 Adam steps per field (stopping disabled); early: the per-field "
         "stopping rule (DeblendConfig defaults). gal/s counts galaxies (1-4 per field). Peak RSS "
         "is the process maximum so far (sizes run in increasing order).",

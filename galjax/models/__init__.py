@@ -13,6 +13,7 @@ from .vae import (
     VAE,
     ElboTerms,
     VAEConfig,
+    canonical_conv,
     decode,
     elbo,
     encode,
@@ -26,6 +27,7 @@ from .vae import (
 __all__ = [
     "MODEL_FORMAT", "GalaxyModel", "default_model_dir", "load_model", "save_model",
     "FlowConfig", "FlowPrior", "flow_distribution", "init_flow", "log_prior", "sample_prior",
-    "LSST_CONV", "REGIER_MLP", "VAE", "ElboTerms", "VAEConfig", "decode", "elbo", "encode",
+    "LSST_CONV", "REGIER_MLP", "VAE", "ElboTerms", "VAEConfig", "canonical_conv", "decode",
+    "elbo", "encode",
     "gaussian_loglik", "init_vae", "kl_normal", "reconstruct", "sample",
 ]  # fmt: skip

@@ -46,6 +46,7 @@ __all__ = [
     "sample",
     "traverse",
     "ElboTerms",
+    "canonical_conv",
     "REGIER_MLP",
     "LSST_CONV",
 ]
@@ -165,9 +166,15 @@ def _conv_jvp(strides, padding, lhs_dilation, rhs_dilation, primals, tangents):
 _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 
 
-def _canonical_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+def canonical_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                     dimension_numbers=None, feature_group_count=1, precision=None):  # fmt: skip
-    """``lax.conv_general_dilated`` for Flax's NHWC/HWIO convolutions, through :func:`_conv`."""
+    """``lax.conv_general_dilated`` for Flax's NHWC/HWIO convolutions, fast inside loops.
+
+    Pass it as ``nn.Conv(..., conv_general_dilated=canonical_conv)``. The values and
+    both derivatives equal lax's; only the input gradient is written with an
+    explicitly transposed kernel (see :func:`_conv`), which XLA's CPU backend runs
+    about 2x faster inside a ``while`` loop such as the MAP loop of ``deblend``.
+    """
     if feature_group_count != 1:
         raise ValueError("feature_group_count: only 1 is supported")
     nd = lhs.ndim - 2
@@ -178,10 +185,10 @@ def _canonical_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_di
 
 def _conv_transpose(features: int, name: str):
     """``nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME")`` with
-    :func:`_canonical_conv`: the same parameters (kernel ``(3, 3, in, out)``, bias),
+    :func:`canonical_conv`: the same parameters (kernel ``(3, 3, in, out)``, bias),
     the same output (lax's SAME transpose padding for k = 3, s = 2 is (2, 1))."""
     return nn.Conv(features, (3, 3), padding=((2, 1), (2, 1)), input_dilation=(2, 2),
-                   conv_general_dilated=_canonical_conv, name=name)  # fmt: skip
+                   conv_general_dilated=canonical_conv, name=name)  # fmt: skip
 
 
 class _Encoder(nn.Module):
@@ -226,7 +233,7 @@ class _Decoder(nn.Module):
             for i, c in enumerate(cfg.dec_channels):
                 h = nn.leaky_relu(_conv_transpose(c, f"ConvTranspose_{i}")(h))
             h = nn.Conv(n_out, (3, 3), padding=((1, 1), (1, 1)), name="Conv_0",
-                        conv_general_dilated=_canonical_conv)(h)  # fmt: skip
+                        conv_general_dilated=canonical_conv)(h)  # fmt: skip
             off = (h.shape[1] - s) // 2
             h = h[:, off : off + s, off : off + s, :]
         else:
