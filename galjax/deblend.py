@@ -93,6 +93,13 @@ class DeblendConfig:
         slots, which brought the default to 0.028 s). On an accelerator the large
         batch is what wins. Each chunk is compiled for its largest source count, so
         padded source slots cost nothing.
+      group: fields optimised together (vmapped) inside a compiled call; a chunk
+        larger than this runs its groups one after another (``lax.map``) in the same
+        call. None picks 1 on CPU and the whole chunk on GPU/TPU. On a CPU a wide
+        ``vmap`` streams its intermediates through memory and runs until its slowest
+        field stops: 64 LSST-like fields in one call ran at 42 galaxies/s in groups
+        of 1 against 9.4 as one vmap (stopping rule; 12.4 against 8.9 in groups of 16
+        at a fixed 200 steps). Ignored when the chunk is sharded over several devices.
       refit_fluxes: after the MAP, rescale each source's model per band by the
         weighted least-squares amplitude with the shapes fixed
         (:func:`refit_amplitudes`); corrects the decoder's flux-scale errors.
@@ -109,12 +116,14 @@ class DeblendConfig:
     prior_weight: float = 0.01
     use_init_encoder: bool = True
     chunk: int | None = None
+    group: int | None = None
     refit_fluxes: bool = True
     debias: bool = True
 
     def __post_init__(self):
-        if self.n_steps < 1 or (self.chunk is not None and self.chunk < 1) or self.patience < 1:
-            raise ValueError("n_steps, chunk and patience must be >= 1")
+        sizes = (self.chunk, self.group)
+        if self.n_steps < 1 or any(v is not None and v < 1 for v in sizes) or self.patience < 1:
+            raise ValueError("n_steps, chunk, group and patience must be >= 1")
         if self.learning_rate <= 0 or not 0 < self.decay <= 1:
             raise ValueError("learning_rate must be > 0 and decay in (0, 1]")
 
@@ -326,14 +335,25 @@ def refit_amplitudes(models, field, ivar, mask, ridge: float = _REFIT_RIDGE):
     return jnp.maximum(a, 0.0).T
 
 
-@functools.partial(jax.jit, static_argnames=("static",))
-def _deblend_chunk(params, fields, positions, mask, ivar, psf, static):
+@functools.partial(jax.jit, static_argnames=("static", "group"))
+def _deblend_chunk(params, fields, positions, mask, ivar, psf, static, group=None):
+    """All fields of a chunk in one compiled call: vmapped, in groups of ``group``.
+
+    With ``group`` smaller than the chunk the groups run one after another
+    (``lax.map``): each group's intermediates stay small enough for a CPU's cache,
+    and each group stops with its own slowest field.
+    """
     vcfg, fcfg, cfg = static
     vae, flow, init = params
     model = GalaxyModel(vcfg, vae, fcfg, flow, init)
     fn = lambda f, p, m, iv, ps: deblend_field(model, f, p, m, iv, ps, cfg)
-    psf_axis = 0 if psf is not None and psf.ndim == 4 else None
-    return jax.vmap(fn, in_axes=(0, 0, 0, 0, psf_axis))(fields, positions, mask, ivar, psf)
+    per_field_psf = psf is not None and psf.ndim == 4
+    if group is None or group >= fields.shape[0]:
+        psf_axis = 0 if per_field_psf else None
+        return jax.vmap(fn, in_axes=(0, 0, 0, 0, psf_axis))(fields, positions, mask, ivar, psf)
+    xs = (fields, positions, mask, ivar) + ((psf,) if per_field_psf else ())
+    one = (lambda a: fn(*a)) if per_field_psf else (lambda a: fn(*a, psf))
+    return jax.lax.map(one, xs, batch_size=group)
 
 
 def _check_psfs(psf, n: int, bands: int):
@@ -509,7 +529,9 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
 
         mesh = data_mesh()
     n_dev = 1 if mesh is None else mesh.devices.size
-    chunk = config.chunk or (1 if jax.default_backend() == "cpu" else 256)
+    cpu = jax.default_backend() == "cpu"
+    chunk = config.chunk or (1 if cpu else 256)
+    group = None if mesh is not None else (config.group or (1 if cpu else None))
     chunk = min(chunk, n)
     chunk = -(-chunk // n_dev) * n_dev  # a multiple of the device count
     init = model.init_params if config.use_init_encoder else None
@@ -537,7 +559,7 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
             batch = shard_batch(batch, mesh)
         if not per_field_psf:
             batch = [*batch, psf_arr]
-        res = _deblend_chunk(params, *batch, static)
+        res = _deblend_chunk(params, *batch, static, group)
         res = jax.tree.map(lambda a, m=m: np.asarray(a)[:m], res)
         res = _restore_slots(res, slots, mask[sl])
         if bias is not None:

@@ -93,6 +93,18 @@ def test_vmapped_call_equals_loop_and_chunking(model, scene):
     np.testing.assert_allclose(a.latents[2], c.latents, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("group", [1, 2])
+def test_groups_inside_a_chunk_equal_one_vmap(model, scene, group):
+    args = (scene["field"], scene["pos"], scene["mask"])
+    a = deblend(model, *args, sigma=scene["sigma"], progress=False,
+                config=DeblendConfig(n_steps=30, chunk=3, group=3))  # fmt: skip
+    b = deblend(model, *args, sigma=scene["sigma"], progress=False,
+                config=DeblendConfig(n_steps=30, chunk=3, group=group))  # fmt: skip
+    np.testing.assert_allclose(a.latents, b.latents, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.fluxes, b.fluxes, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(a.n_iter, b.n_iter)
+
+
 def test_padded_slots_are_dropped_without_changing_results(model, scene):
     # Field 1 has one source, in slot 1 here (a gap before it): its chunk is solved on
     # one slot and scattered back; every field must match the full-slot solve.
@@ -386,3 +398,9 @@ def test_debias_fluxes_divides_the_bias_out(model, scene):
                   progress=False)  # fmt: skip
     np.testing.assert_allclose(on.fluxes, np.asarray(out.fluxes), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(off.fluxes, res.fluxes, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [dict(n_steps=0), dict(chunk=0), dict(group=0), dict(patience=0)])
+def test_config_rejects_non_positive_sizes(bad):
+    with pytest.raises(ValueError, match="must be >= 1"):
+        DeblendConfig(**bad)

@@ -153,6 +153,18 @@ def test_elbo_needs_sigma_for_fixed_likelihood(key):
     np.testing.assert_allclose(t.elbo, t.loglik - t.kl, rtol=1e-6)
 
 
+def test_elbo_mask_removes_pixels(key):
+    params = init_vae(key, TINY_MLP)
+    x = jax.random.normal(key, (2, 15, 15, 1))
+    mask = jnp.ones_like(x).at[:, :, :5].set(0.0)
+    a = elbo(key, params, TINY_MLP, x, mask=mask)
+    # Changing masked pixels of the target leaves the likelihood unchanged.
+    b = elbo(key, params, TINY_MLP, x, target=x.at[:, :, :5].add(100.0), mask=mask)
+    np.testing.assert_allclose(a.loglik, b.loglik, rtol=1e-6)
+    full = elbo(key, params, TINY_MLP, x)
+    assert np.all(np.asarray(a.loglik) != np.asarray(full.loglik))
+
+
 def test_explicit_psf_model_requires_and_uses_psf(key):
     cfg = VAEConfig(**{**TINY.to_dict(), "psf_explicit": True})
     params = init_vae(key, cfg)

@@ -343,7 +343,8 @@ class ElboTerms(NamedTuple):
     kl: jax.Array
 
 
-def elbo(key, params, config: VAEConfig, x, target=None, sigma=None, psf=None, kl_weight=1.0):
+def elbo(key, params, config: VAEConfig, x, target=None, sigma=None, psf=None, kl_weight=1.0,
+         mask=None):  # fmt: skip
     """Evidence lower bound per image, one reparameterised sample.
 
     Args:
@@ -356,6 +357,8 @@ def elbo(key, params, config: VAEConfig, x, target=None, sigma=None, psf=None, k
       sigma: per-pixel noise std, required for ``likelihood="fixed"``.
       psf: ``(ph, pw, bands)`` effective PSF for ``psf_explicit`` models.
       kl_weight: ``beta`` in front of the KL term.
+      mask: optional ``(..., s, s, bands)`` 0/1 pixel weights of the likelihood
+        (e.g. 0 on padding around a stamp smaller than ``s``).
 
     Returns:
       :class:`ElboTerms` with shape ``x.shape[:-3]``.
@@ -367,11 +370,11 @@ def elbo(key, params, config: VAEConfig, x, target=None, sigma=None, psf=None, k
     if config.psf_explicit:
         f_mu = convolve_fft(f_mu, _require_psf(psf))
     if config.likelihood == "learned":
-        ll = gaussian_loglik(target, f_mu, log_sigma=f_log_sigma)
+        ll = gaussian_loglik(target, f_mu, log_sigma=f_log_sigma, mask=mask)
     else:
         if sigma is None:
             raise ValueError("sigma: the fixed-noise likelihood needs the per-pixel noise std")
-        ll = gaussian_loglik(target, f_mu, sigma=sigma)
+        ll = gaussian_loglik(target, f_mu, sigma=sigma, mask=mask)
     kl = kl_normal(mu, log_sigma)
     return ElboTerms(ll - kl_weight * kl, ll, kl)
 
