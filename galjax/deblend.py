@@ -97,9 +97,10 @@ class DeblendConfig:
         larger than this runs its groups one after another (``lax.map``) in the same
         call. None picks 1 on CPU and the whole chunk on GPU/TPU. On a CPU a wide
         ``vmap`` streams its intermediates through memory and runs until its slowest
-        field stops: 64 LSST-like fields in one call ran at 42 galaxies/s in groups
-        of 1 against 9.4 as one vmap (stopping rule; 12.4 against 8.9 in groups of 16
-        at a fixed 200 steps). Ignored when the chunk is sharded over several devices.
+        field stops: 256 LSST-like fields in one call ran at 41.2 galaxies/s in
+        groups of 1 against 7.9 as one vmap (stopping rule; 12.7 against 7.8 in
+        groups of 16 at a fixed 200 steps; ``benchmarks/deblend_speed.py``). Ignored
+        when the chunk is sharded over several devices.
       refit_fluxes: after the MAP, rescale each source's model per band by the
         weighted least-squares amplitude with the shapes fixed
         (:func:`refit_amplitudes`); corrects the decoder's flux-scale errors.
