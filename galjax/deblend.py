@@ -83,6 +83,17 @@ class DeblendConfig:
         0.01), so the default 0.01 keeps only a weak prior on the directions the data
         leave free. (A flow fit to the posterior means alone is so sharp that it
         must be tempered: 0.078 / 0.038 at weight 1, 0.070 / 0.030 at 0.01.)
+      prior_weight_faint: the prior weight for faint sources (None: ``prior_weight``
+        for all). Sources whose initial (encoder) model has a matched-filter SNR
+        below ``faint_snr[0]`` get this weight, those above ``faint_snr[1]`` get
+        ``prior_weight``, linear in log SNR between. A strong prior helps faint
+        sources and hurts bright ones: on 256 validation fields a uniform weight of 1
+        against 0.01 gave 0.081 against 0.091 mean |dF/F| at SNR 20-50 but 0.036
+        against 0.028 at 50-100. With weight 1 for faint sources only, mean / median
+        |dF/F| were 0.0558 / 0.0232, against 0.0599 / 0.0250 at 0.01 and 0.0583 /
+        0.0242 at 1 for all (faint weights 0.1 / 0.3 / 2 / 4: 0.0595 / 0.0584 / 0.0569 /
+        0.0617). The Laplace errors use ``prior_weight`` for every source.
+      faint_snr: the ``(low, high)`` SNR of that interpolation.
       use_init_encoder: initialise from the encoder retrained on blends when the
         model has one.
       chunk: fields per compiled call; None picks 1 on CPU and 256 on GPU/TPU. A
@@ -115,6 +126,8 @@ class DeblendConfig:
     tol: float = 1e-3
     patience: int = 8
     prior_weight: float = 0.01
+    prior_weight_faint: float | None = 1.0
+    faint_snr: tuple[float, float] = (30.0, 100.0)
     use_init_encoder: bool = True
     chunk: int | None = None
     group: int | None = None
@@ -122,9 +135,12 @@ class DeblendConfig:
     debias: bool = True
 
     def __post_init__(self):
+        object.__setattr__(self, "faint_snr", tuple(float(v) for v in self.faint_snr))
         sizes = (self.chunk, self.group)
         if self.n_steps < 1 or any(v is not None and v < 1 for v in sizes) or self.patience < 1:
             raise ValueError("n_steps, chunk, group and patience must be >= 1")
+        if not 0 < self.faint_snr[0] < self.faint_snr[1]:
+            raise ValueError(f"faint_snr: expected 0 < low < high, got {self.faint_snr}")
         if self.learning_rate <= 0 or not 0 < self.decay <= 1:
             raise ValueError("learning_rate must be > 0 and decay in (0, 1]")
 
@@ -195,17 +211,34 @@ def render_sources(vae_params, vae_config, z, positions, mask, height: int, widt
     return placed * mask.astype(placed.dtype)[:, None, None, None]
 
 
-def _objective(z, arrays, static):
+def _objective(z, arrays, static, weights=None):
+    """The MAP objective; ``weights`` ``(n_max,)`` per-source prior weights (default
+    ``cfg.prior_weight`` for all)."""
     vae_params, flow_params, field, positions, mask, ivar, psf = arrays
     vae_config, flow_config, cfg = static
     h, w = field.shape[0], field.shape[1]
     models = render_sources(vae_params, vae_config, z, positions, mask, h, w, psf)
     resid = field - jnp.sum(models, axis=0)
     chi2 = 0.5 * jnp.sum(ivar * resid**2)
-    if flow_params is None or cfg.prior_weight == 0:
+    if flow_params is None or (cfg.prior_weight == 0 and not cfg.prior_weight_faint):
         return chi2
     lp = log_prior(flow_params, flow_config, z)
-    return chi2 - cfg.prior_weight * jnp.sum(jnp.where(mask, lp, 0.0))
+    weights = cfg.prior_weight if weights is None else weights
+    return chi2 - jnp.sum(jnp.where(mask, weights * lp, 0.0))
+
+
+def _prior_weights(model: GalaxyModel, z0, field, positions, mask, ivar, psf, cfg):
+    """Per-source prior weights ``(n_max,)``: ``cfg.prior_weight_faint`` for sources whose
+    initial (encoder) model has a matched-filter SNR below ``cfg.faint_snr[0]``,
+    ``cfg.prior_weight`` above ``cfg.faint_snr[1]``, linear in log SNR between."""
+    if cfg.prior_weight_faint is None:
+        return jnp.full(mask.shape, cfg.prior_weight, field.dtype)
+    h, w = field.shape[0], field.shape[1]
+    m0 = render_sources(model.vae_params, model.vae_config, z0, positions, mask, h, w, psf)
+    snr = jnp.sqrt(jnp.sum(m0**2 * ivar[None], axis=(1, 2, 3)))
+    lo, hi = (float(np.log(v)) for v in cfg.faint_snr)
+    t = jnp.clip((jnp.log(jnp.maximum(snr, 1e-6)) - lo) / (hi - lo), 0.0, 1.0)
+    return cfg.prior_weight_faint + t * (cfg.prior_weight - cfg.prior_weight_faint)
 
 
 class _LoopState(NamedTuple):
@@ -241,7 +274,10 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
     z0 = jnp.where(mask[:, None], z0, 0.0)
     arrays = (model.vae_params, model.flow_params, field, positions, mask, ivar, psf)
     static = (vcfg, model.flow_config, cfg)
-    loss_grad = jax.value_and_grad(_objective)
+    weights = jax.lax.stop_gradient(
+        _prior_weights(model, z0, field, positions, mask, ivar, psf, cfg)
+    )
+    loss_grad = jax.value_and_grad(functools.partial(_objective, weights=weights))
     tx = optax.adam(optax.exponential_decay(cfg.learning_rate, cfg.n_steps, cfg.decay))
 
     def cond(st):

@@ -1,5 +1,6 @@
 """MAP deblending: objective, stopping rule, vmap/chunk/sharding invariance, Laplace, bad input."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -404,3 +405,26 @@ def test_debias_fluxes_divides_the_bias_out(model, scene):
 def test_config_rejects_non_positive_sizes(bad):
     with pytest.raises(ValueError, match="must be >= 1"):
         DeblendConfig(**bad)
+
+
+def test_faint_prior_weight_interpolates_by_initial_snr(model, scene):
+    from galjax.deblend import _prior_weights
+
+    ivar = 1 / scene["sigma"] ** 2
+    args = (scene["field"][0], scene["pos"][0], scene["mask"][0], ivar[0], None)
+    z0 = scene["z"][0]  # the true latents: both sources have a visible model
+    all_bright = DeblendConfig(prior_weight=0.01, prior_weight_faint=1.0, faint_snr=(1e-3, 2e-3))
+    all_faint = DeblendConfig(prior_weight=0.01, prior_weight_faint=1.0, faint_snr=(1e8, 2e8))
+    f, p, m, iv, ps = args
+    np.testing.assert_allclose(
+        _prior_weights(model, z0, f, p, m, iv, ps, all_bright), 0.01, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        _prior_weights(model, z0, f, p, m, iv, ps, all_faint), 1.0, rtol=1e-5
+    )
+    # All sources faint: the same solve as a uniform weight of 1.
+    a = deblend_field(model, *args[:4], config=dataclasses.replace(all_faint, n_steps=20))
+    b = deblend_field(model, *args[:4], config=DeblendConfig(n_steps=20, prior_weight=1.0))
+    np.testing.assert_allclose(a.latents, b.latents, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="faint_snr"):
+        DeblendConfig(faint_snr=(100.0, 30.0))
