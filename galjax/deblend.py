@@ -81,7 +81,8 @@ class DeblendConfig:
         0.01. On real HSC scenes the full prior pulls a large spiral, unlike the
         training galaxies, away from the data (residual chi2 3.85 against 2.54 at
         0.01), so the default 0.01 keeps only a weak prior on the directions the data
-        leave free. (A flow fit to the posterior means alone is so sharp that it
+        leave free. It applies to bright sources; faint ones get
+        ``prior_weight_faint``. (A flow fit to the posterior means alone is so sharp that it
         must be tempered: 0.078 / 0.038 at weight 1, 0.070 / 0.030 at 0.01.)
       prior_weight_faint: the prior weight for faint sources (None: ``prior_weight``
         for all). Sources whose initial (encoder) model has a matched-filter SNR
