@@ -398,6 +398,9 @@ def _deblend(args) -> int:
     cfg = DeblendConfig(n_steps=args.steps, chunk=args.chunk, debias=not args.no_debias)
     if args.prior_weight is not None:
         cfg = dataclasses.replace(cfg, prior_weight=args.prior_weight)
+    if args.prior_weight_faint is not None:
+        faint = None if args.prior_weight_faint < 0 else args.prior_weight_faint
+        cfg = dataclasses.replace(cfg, prior_weight_faint=faint)
     truth = None
     if args.demo:
         survey = Survey.from_dict(model.meta["survey"])
@@ -581,7 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--prior-weight",
         type=float,
         default=None,
-        help="weight of the flow prior (default 0.01; 1 is the full posterior)",
+        help="weight of the flow prior for bright sources (default 0.01; 1 is the full posterior)",
+    )
+    db.add_argument(
+        "--prior-weight-faint",
+        type=float,
+        default=None,
+        help="weight of the flow prior for faint sources (initial SNR < 30; default 1); "
+        "a negative value uses --prior-weight for every source",
     )
     db.add_argument(
         "--no-debias",

@@ -75,6 +75,16 @@ def test_deblend_user_fields_writes_outputs(tmp_path):
     assert main([*base, "--out", str(tmp_path / "b0"), "--no-debias"]) == 0
     on, off = (Table.read(tmp_path / d / "catalog.ecsv")["flux_r"] for d in ("b1", "b0"))
     np.testing.assert_allclose(on, off / 1.25, rtol=1e-4, atol=1e-6)
+    # --prior-weight-faint: a negative value means --prior-weight for every source, the
+    # same solve as giving the faint sources that weight explicitly.
+    assert main([*base, "--out", str(tmp_path / "u1"), "--prior-weight-faint", "-1"]) == 0
+    assert main([*base, "--out", str(tmp_path / "u2"), "--prior-weight-faint", "0.01"]) == 0
+    u1, u2 = (Table.read(tmp_path / d / "catalog.ecsv")["flux_r"] for d in ("u1", "u2"))
+    np.testing.assert_allclose(u1, u2, rtol=1e-5, atol=1e-6)
+    # and a very strong faint-source prior changes the fit of these (faint) sources.
+    assert main([*base, "--out", str(tmp_path / "u3"), "--prior-weight-faint", "1e4"]) == 0
+    u3 = Table.read(tmp_path / "u3" / "catalog.ecsv")["flux_r"]
+    assert not np.allclose(u1, u3, rtol=1e-3)
 
 
 def test_train_vae_from_a_folder_of_fits_stamps(tmp_path, capsys):
