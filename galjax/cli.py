@@ -458,8 +458,7 @@ def _deblend(args) -> int:
         progress=not args.quiet,
     )
     ivar = 1.0 / np.asarray(sigma, np.float32) ** 2
-    flux_err = laplace_flux_errors(model, res, np.asarray(positions), ivar, psf_arg,
-                                   prior_weight=cfg.prior_weight)  # fmt: skip
+    flux_err = laplace_flux_errors(model, res, np.asarray(positions), ivar, psf_arg)
     _write_deblend_outputs(
         out, res, flux_err, np.asarray(positions), bands, fields, np.asarray(sigma), title
     )

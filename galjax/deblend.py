@@ -93,7 +93,7 @@ class DeblendConfig:
         against 0.028 at 50-100. With weight 1 for faint sources only, mean / median
         |dF/F| were 0.0558 / 0.0232, against 0.0599 / 0.0250 at 0.01 and 0.0583 /
         0.0242 at 1 for all (faint weights 0.1 / 0.3 / 2 / 4: 0.0595 / 0.0584 / 0.0569 /
-        0.0617). The Laplace errors use ``prior_weight`` for every source.
+        0.0617). :func:`laplace` uses the same per-source weights.
       faint_snr: the ``(low, high)`` SNR of that interpolation.
       use_init_encoder: initialise from the encoder retrained on blends when the
         model has one.
@@ -169,6 +169,9 @@ class DeblendResult(NamedTuple):
       mask: ``(n, n_max)`` the source mask that was given.
       amplitudes: ``(n, n_max, bands)`` factors applied to the decoded sources
         by the flux refit (1 without it): ``models = amplitudes * render(latents)``.
+      prior_weights: ``(n, n_max)`` each source's weight of ``-log p(z)`` in the
+        objective (:class:`DeblendConfig` ``prior_weight`` / ``prior_weight_faint``);
+        :func:`laplace` uses the same weights.
     """
 
     models: jax.Array
@@ -181,6 +184,7 @@ class DeblendResult(NamedTuple):
     n_iter: jax.Array
     mask: jax.Array
     amplitudes: jax.Array
+    prior_weights: jax.Array
 
 
 def shift_stamp(stamp, shift):
@@ -330,6 +334,7 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
         n_iter=st.step,
         mask=mask,
         amplitudes=amp,
+        prior_weights=jnp.where(mask, weights, 0.0),
     )
 
 
@@ -630,7 +635,13 @@ def _chunk_slots(mask):
     return np.argsort(~mask, axis=1, kind="stable")[:, :k]
 
 
-_SLOT_FILL = {"models": 0.0, "latents": 0.0, "fluxes": 0.0, "amplitudes": 1.0}
+_SLOT_FILL = {
+    "models": 0.0,
+    "latents": 0.0,
+    "fluxes": 0.0,
+    "amplitudes": 1.0,
+    "prior_weights": 0.0,
+}
 
 
 def _restore_slots(res: DeblendResult, slots, mask) -> DeblendResult:
@@ -685,9 +696,9 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     brightens the source is then constrained by the prior alone). Without it the
     parameters are ``Z`` and the fluxes follow from them. The Hessian is the
     Gauss-Newton matrix of the chi^2 term, ``H = J^T diag(w) J`` with
-    ``J = d(sum_i source_i) / d(Z, F)``, plus the Hessian of ``-log p(z_i)`` from the
-    flow with its negative eigenvalues set to zero (so ``H`` stays positive
-    definite) and a small ridge; ``cov = H^-1``. Flux errors are the linearised
+    ``J = d(sum_i source_i) / d(Z, F)``, plus each source's prior weight ``lambda_i``
+    (the MAP's) times the Hessian of ``-log p(z_i)`` from the flow with its negative
+    eigenvalues set to zero (so ``H`` stays positive definite), and a small ridge; ``cov = H^-1``. Flux errors are the linearised
     ``sqrt(g^T cov g)`` (with free fluxes just ``sqrt(cov_FF)``) with a fractional
     model error added in quadrature,
 
@@ -706,18 +717,18 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
       positions: ``(n_max, 2)``; ivar: ``(h, w, bands)`` inverse variance.
       psf: effective PSF for explicit-PSF models.
       n_samples: posterior samples of the source images (0: none).
-      prior_weight: weight of the flow prior used for the MAP (None: the default of
-        :class:`DeblendConfig`).
+      prior_weight: the flow prior's weight, a scalar or ``(n_max,)`` per source (None:
+        the weights the MAP used, ``field_result.prior_weights``).
       free_amplitudes: treat the refit fluxes as parameters (use False for
         results of ``DeblendConfig(refit_fluxes=False)``).
       model_error: fractional flux error added in quadrature.
     """
-    if prior_weight is None:
-        prior_weight = DeblendConfig().prior_weight
     vcfg = model.vae_config
     z, mask = field_result.latents, field_result.mask
     h, w = field_result.residual.shape[0], field_result.residual.shape[1]
     n_max, d = z.shape
+    weights = field_result.prior_weights if prior_weight is None else prior_weight
+    weights = jnp.broadcast_to(jnp.asarray(weights, z.dtype), (n_max,))
     bands = field_result.amplitudes.shape[-1]
     nz = n_max * d
 
@@ -751,7 +762,7 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     jac = jax.jacfwd(sources)(theta)  # (n_max, h, w, b, n_params)
     jt = jnp.sum(jac, axis=0).reshape(-1, theta.size)  # d(total model) / d(Z, F)
     hess = jt.T @ (ivar.reshape(-1, 1) * jt)
-    if model.flow_params is not None and prior_weight > 0:
+    if model.flow_params is not None:
         hp = jax.vmap(jax.hessian(lambda zi: -log_prior(model.flow_params, model.flow_config, zi)))(
             z
         )
@@ -759,7 +770,7 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
         # cov non-positive and a flux variance negative. Keep its positive-curvature part.
         evals, evecs = jnp.linalg.eigh(0.5 * (hp + jnp.swapaxes(hp, -1, -2)))
         hp = jnp.einsum("nij,nj,nkj->nik", evecs, jnp.maximum(evals, 0.0), evecs)
-        hp = hp * mask.astype(hp.dtype)[:, None, None] * prior_weight
+        hp = hp * jnp.where(mask, weights, 0.0)[:, None, None]
         hess = hess.at[:nz, :nz].add(jax.scipy.linalg.block_diag(*[hp[i] for i in range(n_max)]))
     # Padded sources have no data and no prior: a unit block keeps H invertible; a small
     # ridge on Z does the same for directions neither the data nor the prior constrain.
@@ -953,8 +964,11 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
       model_error: fractional flux error added in quadrature; None takes the value
         calibrated for the model (``model.meta["flux_model_error"]``, written by
         ``galjax train calibrate``), or 0 if it has none.
-      prior_weight: the flow prior's weight used for ``result`` (None: the default
-        of :class:`DeblendConfig`, resolved by :func:`laplace`).
+      prior_weight: the flow prior's weight, scalar or ``(n, n_max)`` (None: the
+        weights the MAP used, ``result.prior_weights``).
+
+    Each chunk is solved on its real sources only (padded slots moved out, as in
+    :func:`deblend`); padded slots get a zero error.
     """
     if model_error is None:
         model_error = float((model.meta or {}).get("flux_model_error", 0.0))
@@ -965,18 +979,40 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
     if psf is not None:
         psf = jnp.asarray(_check_psfs(psf, n, result.models.shape[-1]))
 
+    if prior_weight is not None:
+        w = np.broadcast_to(np.asarray(prior_weight, np.float32), result.mask.shape)
+        result = result._replace(prior_weights=np.where(result.mask, w, 0.0))
+    result = jax.tree.map(np.asarray, result)
+    positions, ivar = np.asarray(positions), np.asarray(ivar)
+
     def one(r, p, iv, ps):
-        lp = laplace(jax.random.key(0), model, r, p, iv, ps, n_samples=0, prior_weight=prior_weight,
+        lp = laplace(jax.random.key(0), model, r, p, iv, ps, n_samples=0,
                      free_amplitudes=free_amplitudes, model_error=model_error)  # fmt: skip
         return lp.flux_err
 
+    chunk = max(1, min(chunk, n))
     fn = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0 if per_field else None)))
-    parts = []
+    per_source = ("models", "latents", "fluxes", "mask", "amplitudes", "prior_weights")
+    # Fields sorted by source count, so that a chunk's fields need about as many slots.
+    order = np.argsort(result.mask.sum(axis=1), kind="stable")
+    out = np.zeros(result.mask.shape + result.fluxes.shape[2:], result.fluxes.dtype)
     for i in range(0, n, chunk):
-        sub = jax.tree.map(lambda a, i=i: a[i : i + chunk], result)
-        ps = psf[i : i + chunk] if per_field else psf
-        parts.append(np.asarray(fn(sub, positions[i : i + chunk], ivar[i : i + chunk], ps)))
-    return np.concatenate(parts)
+        idx = order[i : i + chunk]
+        idx = np.concatenate([idx, np.repeat(idx[:1], chunk - len(idx))])  # one compiled shape
+        slots = _chunk_slots(result.mask[idx])  # the chunk's real sources first
+
+        def take(a, s=slots):
+            return np.take_along_axis(a, s.reshape(s.shape + (1,) * (a.ndim - 2)), axis=1)
+
+        sub = jax.tree.map(lambda a, idx=idx: a[idx], result)
+        sub = sub._replace(**{k: take(getattr(sub, k)) for k in per_source})
+        ps = psf[idx] if per_field else psf
+        err = np.asarray(fn(sub, take(positions[idx]), ivar[idx], ps))
+        full = np.zeros(result.mask[idx].shape + err.shape[2:], err.dtype)
+        np.put_along_axis(full, slots[..., None], err, axis=1)
+        m = min(chunk, n - i)
+        out[idx[:m]] = full[:m]
+    return out
 
 
 def calibrate_model_error(flux, flux_err, true_flux, coverage: float = 0.6827) -> float:

@@ -428,3 +428,37 @@ def test_faint_prior_weight_interpolates_by_initial_snr(model, scene):
     np.testing.assert_allclose(a.latents, b.latents, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="faint_snr"):
         DeblendConfig(faint_snr=(100.0, 30.0))
+
+
+def test_laplace_uses_the_maps_per_source_prior_weights(model, scene):
+    ivar = 1 / scene["sigma"] ** 2
+    cfg = DeblendConfig(n_steps=20, prior_weight=0.01, prior_weight_faint=1.0, faint_snr=(1e8, 2e8))
+    res = deblend_field(model, scene["field"][0], scene["pos"][0], scene["mask"][0], ivar[0],
+                        config=cfg)  # fmt: skip
+    np.testing.assert_allclose(res.prior_weights, [1.0, 1.0], rtol=1e-5)  # all faint here
+    args = (model, res, scene["pos"][0], ivar[0])
+    default = laplace(jax.random.key(0), *args, n_samples=0)
+    explicit = laplace(jax.random.key(0), *args, n_samples=0, prior_weight=1.0)
+    weak = laplace(jax.random.key(0), *args, n_samples=0, prior_weight=0.01)
+    np.testing.assert_allclose(default.cov, explicit.cov, rtol=1e-5, atol=1e-7)
+    # A stronger prior can only shrink the latents' posterior (H grows by a PSD term).
+    assert np.all(np.diag(default.cov)[:8] <= np.diag(weak.cov)[:8] * (1 + 1e-4))
+    assert not np.allclose(np.diag(default.cov)[:8], np.diag(weak.cov)[:8], rtol=1e-3)
+
+
+def test_laplace_flux_errors_solve_real_sources_only(model, scene):
+    """Chunks sorted by source count and padded slots dropped: the same errors as
+    :func:`laplace` on each field's full slots, zero for padded slots."""
+    from galjax.deblend import laplace_flux_errors
+
+    ivar = 1 / scene["sigma"] ** 2
+    mask = scene["mask"].copy()
+    mask[0] = [False, True]  # a gap before a real source
+    res = deblend(model, scene["field"], scene["pos"], mask, sigma=scene["sigma"], config=FAST,
+                  progress=False)  # fmt: skip
+    err = laplace_flux_errors(model, res, scene["pos"], ivar, chunk=2, model_error=0.0)
+    for i in range(3):
+        one = jax.tree.map(lambda a, i=i: a[i], res)
+        ref = laplace(jax.random.key(0), model, one, scene["pos"][i], ivar[i], n_samples=0)
+        np.testing.assert_allclose(err[i], ref.flux_err, rtol=2e-3, atol=1e-6)
+    assert np.all(err[~mask] == 0) and np.all(err[mask] > 0)

@@ -325,8 +325,7 @@ def calibrate_flux_errors(key, model, survey: Survey, n_fields: int = 256, confi
         table = None
     if table is not None:
         res = jax.tree.map(np.asarray, debias_fluxes(res, ivar, table))
-    err = laplace_flux_errors(model, res, truth.positions, ivar, psf, model_error=0.0,
-                              prior_weight=cfg.prior_weight)  # fmt: skip
+    err = laplace_flux_errors(model, res, truth.positions, ivar, psf, model_error=0.0)
     sel = truth.mask & (truth.snr >= snr_min)
     flux, err, tf = np.asarray(res.fluxes)[sel], err[sel], true_flux[sel]
     if flux.size == 0:
