@@ -131,16 +131,30 @@ def main():
     true_flux = truth.sources.sum(axis=(2, 3))[..., 0]
     sel = truth.mask & (truth.snr >= 10)
     stat = laplace_flux_errors(model, res, truth.positions, ivar, model_error=0.0)[..., 0]
+    # For comparison: the bright-source weight for every source (the Laplace default
+    # before it used the MAP's per-source weights).
+    stat_bright = laplace_flux_errors(model, res, truth.positions, ivar, model_error=0.0,
+                                      prior_weight=cfg.prior_weight)[..., 0]  # fmt: skip
     model_error = float(model.meta.get("flux_model_error", 0.0))
     full = np.sqrt(stat**2 + (model_error * res.fluxes[..., 0]) ** 2)
     dev = (res.fluxes[..., 0] - true_flux)[sel]
-    for name, err in (("statistical", stat[sel]), ("calibrated", full[sel])):
+    snr = truth.snr[sel]
+    for name, err in (("statistical", stat[sel]), ("calibrated", full[sel]),
+                      ("statistical_bright_weight", stat_bright[sel])):  # fmt: skip
         ok = err > 0  # a source whose model is all zero has no flux derivative
         pull = dev[ok] / err[ok]
         s[f"laplace_{name}_coverage_1sigma"] = float(np.mean(np.abs(dev) <= err))
         s[f"laplace_{name}_pull_mad_std"] = float(
             1.4826 * np.median(np.abs(pull - np.median(pull)))
         )
+        s[f"laplace_{name}_coverage_by_snr"] = [
+            {"snr_min": lo, "snr_max": None if np.isinf(hi) else hi,
+             "coverage": float(np.mean(np.abs(dev[b]) <= err[b])) if b.any() else None,
+             "median_frac_err": float(np.median(err[b] / np.abs(true_flux[sel][b])))
+             if b.any() else None}
+            for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:], strict=True)
+            for b in [(snr >= lo) & (snr < hi)]
+        ]  # fmt: skip
     s["laplace_zero_error_fraction"] = float(np.mean(stat[sel] <= 0))
     s["flux_model_error"] = model_error
     s["flux_model_error_in_sample"] = calibrate_model_error(res.fluxes[..., 0][sel], stat[sel],
@@ -257,6 +271,9 @@ def _finish(args, survey, cfg, results, rows):
           f"{g['laplace_calibrated_coverage_1sigma']:.1%} with the calibrated model error "
           f"{g['flux_model_error']:.3f} (68.3% ideal; in-sample calibration would give "
           f"{g['flux_model_error_in_sample']:.3f})")  # fmt: skip
+    for name in ("statistical", "calibrated", "statistical_bright_weight"):
+        cov = " / ".join(f"{b['coverage']:.1%}" for b in g[f"laplace_{name}_coverage_by_snr"])
+        print(f"  Laplace coverage by SNR bin {SNR_BINS[:-1]}, {name}: {cov}")
     payload = {
         "benchmark": "deblend_quality",
         "machine": machine_info(),

@@ -8,6 +8,6 @@ galjax train vae  --out "$OUT" --survey lsst_r --n-stamps 32768 --steps 8000 --b
 galjax train flow --out "$OUT" --n-stamps 16384 --steps 4000 --batch 256 --lr 1e-3 --seed 1
 galjax train init --out "$OUT" --n-fields 4096 --steps 3000 --batch 64 --lr 5e-4 --seed 2
 # The flux noise-bias table and the model error of the Laplace flux errors, calibrated on
-# 256 other simulated fields.
-galjax train calibrate --out "$OUT" --n-fields 256 --seed 3
+# 1024 other simulated fields.
+galjax train calibrate --out "$OUT" --n-fields 1024 --seed 3
 rm -rf "$OUT"/logs_*/checkpoint.msgpack* "$OUT"/logs_*/best.msgpack*

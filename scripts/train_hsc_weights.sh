@@ -8,6 +8,6 @@ galjax train vae  --out "$OUT" --survey hsc --psf-explicit --n-stamps 16384 --st
 galjax train flow --out "$OUT" --n-stamps 8192 --steps 3000 --batch 256 --lr 1e-3 --seed 1
 galjax train init --out "$OUT" --n-fields 2048 --steps 2000 --batch 64 --lr 5e-4 --seed 2
 # The flux noise-bias table and the model error of the Laplace flux errors, calibrated on
-# 256 other simulated fields.
-galjax train calibrate --out "$OUT" --n-fields 256 --seed 3
+# 1024 other simulated fields.
+galjax train calibrate --out "$OUT" --n-fields 1024 --seed 3
 rm -rf "$OUT"/logs_*  # training logs are not shipped
