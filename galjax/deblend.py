@@ -763,8 +763,32 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
             return field_result.amplitudes[:, None, None, :] * unit_sources(theta)
 
         theta = z.reshape(-1)
-    jac = jax.jacfwd(sources)(theta)  # (n_max, h, w, b, n_params)
-    jt = jnp.sum(jac, axis=0).reshape(-1, theta.size)  # d(total model) / d(Z, F)
+
+    # Source i depends on its own (z_i, F_i) alone, so its Jacobian is taken alone: one
+    # forward-mode pass per source and parameter instead of per source pair.
+    def one_source(theta_i, pos_i, mask_i, amp_i, shape_i, total_i):
+        img = render_sources(model.vae_params, vcfg, theta_i[None, :d], pos_i[None],
+                             mask_i[None], h, w, psf)[0]  # fmt: skip
+        if not free_amplitudes:
+            return amp_i[None, None, :] * img
+        total = jnp.sum(img, axis=(0, 1), keepdims=True)
+        shape = img / jnp.where(total > 0, total, 1.0)
+        shape = jnp.where(total > 1e-3 * total_i, shape, shape_i)
+        return theta_i[None, None, d:] * shape
+
+    blocks = z if not free_amplitudes else jnp.concatenate([z, field_result.fluxes], axis=1)
+    maps = (shape_map, total_map) if free_amplitudes else (z[:, :0], z[:, :0])
+    jac_i = jax.vmap(jax.jacfwd(one_source))(
+        blocks, positions, mask, field_result.amplitudes, *maps
+    )  # (n_max, h, w, b, q): d source_i / d (z_i, F_i), q = d (+ bands)
+    parts = [(0, d)] + ([(d, d + bands)] if free_amplitudes else [])  # Z columns, then F
+
+    def columns(a):
+        """``(n_max, ..., q)`` -> ``(..., n_max * q)``: source i's parameters, source-major."""
+        return jnp.moveaxis(a, 0, -2).reshape(a.shape[1:-1] + (-1,))
+
+    jt = jnp.concatenate([columns(jac_i[..., lo:hi]) for lo, hi in parts], axis=-1)
+    jt = jt.reshape(-1, theta.size)  # d(total model) / d(Z, F)
     hess = jt.T @ (ivar.reshape(-1, 1) * jt)
     if model.flow_params is not None:
         hp = jax.vmap(jax.hessian(lambda zi: -log_prior(model.flow_params, model.flow_config, zi)))(
@@ -787,7 +811,11 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     hess = 0.5 * (hess + hess.T)
     cov = jnp.linalg.inv(hess)
     cov = 0.5 * (cov + cov.T)
-    gflux = jnp.sum(jac, axis=(1, 2))  # (n_max, b, n_params)
+    # d flux_ib / d(Z, F): nonzero only in source i's own columns.
+    g_own = jnp.sum(jac_i, axis=(1, 2))  # (n_max, b, q)
+    eye = jnp.eye(n_max, dtype=g_own.dtype)
+    own = [jnp.einsum("ibk,ij->ibjk", g_own[..., lo:hi], eye) for lo, hi in parts]
+    gflux = jnp.concatenate([g.reshape(n_max, bands, -1) for g in own], axis=-1)  # (n_max, b, P)
     var = jnp.einsum("ibk,kl,ibl->ib", gflux, cov, gflux)
     var = jnp.maximum(var, 0.0) + (model_error * field_result.fluxes) ** 2
     flux_err = jnp.sqrt(var) * mask.astype(var.dtype)[:, None]
@@ -961,9 +989,8 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
       psf: effective PSF for explicit-PSF models, ``(ph, pw, bands)`` shared or
         ``(n, ph, pw, bands)`` per field.
       chunk: fields per compiled call; the forward-mode Jacobian carries one tangent
-        per parameter through the decoder, so memory grows as ``chunk * n_max *
-        (latent_dim + bands)`` decoded fields (about 2 GB for 8 five-band 64x64 fields
-        of 4 sources).
+        per source parameter through that source's decoder, so memory grows as
+        ``chunk * n_max * (latent_dim + bands)`` images of the field.
       free_amplitudes: the fluxes were refit (see :func:`laplace`).
       model_error: fractional flux error added in quadrature; None takes the value
         calibrated for the model (``model.meta["flux_model_error"]``, written by
@@ -971,14 +998,14 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
       prior_weight: the flow prior's weight, scalar or ``(n, n_max)`` (None: the
         weights the MAP used, ``result.prior_weights``).
 
-    Each chunk is solved on its real sources only (padded slots moved out, as in
-    :func:`deblend`); padded slots get a zero error.
+    Source slots that no field uses are dropped first (real sources moved to the
+    front, as in :func:`deblend`); padded slots get a zero error.
     """
     if model_error is None:
         model_error = float((model.meta or {}).get("flux_model_error", 0.0))
     if not np.isfinite(model_error) or model_error < 0:
         raise ValueError(f"model_error: expected a finite value >= 0, got {model_error}")
-    n = result.mask.shape[0]
+    n, n_max = result.mask.shape
     per_field = psf is not None and np.ndim(psf) == 4
     if psf is not None:
         psf = jnp.asarray(_check_psfs(psf, n, result.models.shape[-1]))
@@ -997,26 +1024,26 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
     chunk = max(1, min(chunk, n))
     fn = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0 if per_field else None)))
     per_source = ("models", "latents", "fluxes", "mask", "amplitudes", "prior_weights")
-    # Fields sorted by source count, so that a chunk's fields need about as many slots.
-    order = np.argsort(result.mask.sum(axis=1), kind="stable")
+    # Slots no field uses are dropped (all fields share one compiled shape: a compile
+    # costs more than the slots it would save chunk by chunk).
+    slots = _chunk_slots(result.mask)
+
+    def take(a):
+        return np.take_along_axis(a, slots.reshape(slots.shape + (1,) * (a.ndim - 2)), axis=1)
+
+    result = result._replace(**{k: take(getattr(result, k)) for k in per_source})
+    positions = take(positions)
     out = np.zeros(result.mask.shape + result.fluxes.shape[2:], result.fluxes.dtype)
     for i in range(0, n, chunk):
-        idx = order[i : i + chunk]
+        idx = np.arange(i, min(i + chunk, n))
         idx = np.concatenate([idx, np.repeat(idx[:1], chunk - len(idx))])  # one compiled shape
-        slots = _chunk_slots(result.mask[idx])  # the chunk's real sources first
-
-        def take(a, s=slots):
-            return np.take_along_axis(a, s.reshape(s.shape + (1,) * (a.ndim - 2)), axis=1)
-
         sub = jax.tree.map(lambda a, idx=idx: a[idx], result)
-        sub = sub._replace(**{k: take(getattr(sub, k)) for k in per_source})
         ps = psf[idx] if per_field else psf
-        err = np.asarray(fn(sub, take(positions[idx]), ivar[idx], ps))
-        full = np.zeros(result.mask[idx].shape + err.shape[2:], err.dtype)
-        np.put_along_axis(full, slots[..., None], err, axis=1)
         m = min(chunk, n - i)
-        out[idx[:m]] = full[:m]
-    return out
+        out[i : i + m] = np.asarray(fn(sub, positions[idx], ivar[idx], ps))[:m]
+    full = np.zeros(out.shape[:1] + (n_max,) + out.shape[2:], out.dtype)
+    np.put_along_axis(full, slots[..., None], out, axis=1)
+    return full
 
 
 def calibrate_model_error(flux, flux_err, true_flux, coverage: float = 0.6827) -> float:

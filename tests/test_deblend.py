@@ -447,7 +447,7 @@ def test_laplace_uses_the_maps_per_source_prior_weights(model, scene):
 
 
 def test_laplace_flux_errors_solve_real_sources_only(model, scene):
-    """Chunks sorted by source count and padded slots dropped: the same errors as
+    """Real sources moved to the front (and unused slots dropped): the same errors as
     :func:`laplace` on each field's full slots, zero for padded slots."""
     from galjax.deblend import laplace_flux_errors
 
@@ -457,8 +457,29 @@ def test_laplace_flux_errors_solve_real_sources_only(model, scene):
     res = deblend(model, scene["field"], scene["pos"], mask, sigma=scene["sigma"], config=FAST,
                   progress=False)  # fmt: skip
     err = laplace_flux_errors(model, res, scene["pos"], ivar, chunk=2, model_error=0.0)
+    assert err.shape == res.fluxes.shape
     for i in range(3):
         one = jax.tree.map(lambda a, i=i: a[i], res)
         ref = laplace(jax.random.key(0), model, one, scene["pos"][i], ivar[i], n_samples=0)
         np.testing.assert_allclose(err[i], ref.flux_err, rtol=2e-3, atol=1e-6)
     assert np.all(err[~mask] == 0) and np.all(err[mask] > 0)
+
+
+def test_laplace_drops_slots_no_field_uses(model, scene):
+    """Four slots, at most two used: the errors of the two-slot solve, zeros after."""
+    from galjax.deblend import laplace_flux_errors
+
+    ivar = 1 / scene["sigma"] ** 2
+    res = deblend(model, scene["field"], scene["pos"], scene["mask"], sigma=scene["sigma"],
+                  config=FAST, progress=False)  # fmt: skip
+    pad = lambda a, fill: np.concatenate([a, np.full_like(a, fill)], axis=1)  # noqa: E731
+    wide = res._replace(
+        models=pad(res.models, 0), latents=pad(res.latents, 0), fluxes=pad(res.fluxes, 0),
+        mask=pad(res.mask, False), amplitudes=pad(res.amplitudes, 1),
+        prior_weights=pad(res.prior_weights, 0),
+    )  # fmt: skip
+    narrow = laplace_flux_errors(model, res, scene["pos"], ivar, model_error=0.0)
+    both = laplace_flux_errors(model, wide, pad(scene["pos"], 0), ivar, model_error=0.0)
+    assert both.shape == (3, 4, 1)
+    np.testing.assert_allclose(both[:, :2], narrow, rtol=1e-5, atol=1e-7)
+    assert np.all(both[:, 2:] == 0)
