@@ -590,8 +590,7 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
         m = sl.stop - sl.start
         # Only the chunk's real sources are solved: padded slots cost as much as real ones.
         slots = _chunk_slots(mask[sl])
-        pos_c = np.take_along_axis(positions[sl], slots[..., None], axis=1)
-        mask_c = np.take_along_axis(mask[sl], slots, axis=1)
+        pos_c, mask_c = _take_slots(positions[sl], slots), _take_slots(mask[sl], slots)
         arrays = (fields[sl], pos_c, mask_c, ivar[sl]) + ((psf[sl],) if per_field_psf else ())
         batch = list(arrays)
         if m < chunk:  # pad the last chunk to the compiled shape
@@ -635,6 +634,19 @@ def _chunk_slots(mask):
     return np.argsort(~mask, axis=1, kind="stable")[:, :k]
 
 
+def _take_slots(a, slots):
+    """``a[f, slots[f]]`` for each field: ``(m, n_max, ...)`` -> ``(m, k, ...)`` (numpy)."""
+    return np.take_along_axis(a, slots.reshape(slots.shape + (1,) * (a.ndim - 2)), axis=1)
+
+
+def _put_slots(a, slots, n_max: int, fill=0.0):
+    """The inverse of :func:`_take_slots`: ``(m, k, ...)`` -> ``(m, n_max, ...)``, ``fill``
+    in the slots not taken (numpy)."""
+    full = np.full((a.shape[0], n_max) + a.shape[2:], fill, a.dtype)
+    np.put_along_axis(full, slots.reshape(slots.shape + (1,) * (a.ndim - 2)), a, axis=1)
+    return full
+
+
 _SLOT_FILL = {
     "models": 0.0,
     "latents": 0.0,
@@ -652,14 +664,8 @@ def _restore_slots(res: DeblendResult, slots, mask) -> DeblendResult:
     """
     if slots.shape[1] == mask.shape[1] and np.all(slots == np.arange(mask.shape[1])):
         return res._replace(mask=mask)
-    out = {"mask": mask}
-    for name, fill in _SLOT_FILL.items():
-        a = getattr(res, name)
-        full = np.full((a.shape[0], mask.shape[1]) + a.shape[2:], fill, a.dtype)
-        idx = slots.reshape(slots.shape + (1,) * (a.ndim - 2))
-        np.put_along_axis(full, idx, a, axis=1)
-        out[name] = full
-    return res._replace(**out)
+    out = {k: _put_slots(getattr(res, k), slots, mask.shape[1], f) for k, f in _SLOT_FILL.items()}
+    return res._replace(mask=mask, **out)
 
 
 class LaplaceResult(NamedTuple):
@@ -736,59 +742,48 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     bands = field_result.amplitudes.shape[-1]
     nz = n_max * d
 
-    def unit_sources(zf):
-        return render_sources(model.vae_params, vcfg, zf.reshape(n_max, d), positions, mask, h, w,
-                              psf)  # fmt: skip
+    def render_one(z_i, pos_i, mask_i):
+        """Source i alone in the field: ``(h, w, bands)``."""
+        return render_sources(model.vae_params, vcfg, z_i[None], pos_i[None], mask_i[None], h, w,
+                              psf)[0]  # fmt: skip
+
+    def unit_shape(img):
+        total = jnp.sum(img, axis=(0, 1), keepdims=True)
+        return img / jnp.where(total > 0, total, 1.0), total
 
     if free_amplitudes:
-
-        def unit_shape(zf):
-            img = unit_sources(zf)
-            total = jnp.sum(img, axis=(1, 2), keepdims=True)
-            return img / jnp.where(total > 0, total, 1.0), total
-
-        shape_map, total_map = unit_shape(z.reshape(-1))
-
-        def sources(theta):
-            shape, total = unit_shape(theta[:nz])
-            # A sample far out along a direction only the prior constrains can decode to
-            # (almost) no light; it keeps the MAP shape, so its flux is still F.
-            shape = jnp.where(total > 1e-3 * total_map, shape, shape_map)
-            return theta[nz:].reshape(n_max, 1, 1, bands) * shape
-
+        shape_map, total_map = jax.vmap(unit_shape)(jax.vmap(render_one)(z, positions, mask))
         theta = jnp.concatenate([z.reshape(-1), field_result.fluxes.reshape(-1)])
     else:
-
-        def sources(theta):
-            return field_result.amplitudes[:, None, None, :] * unit_sources(theta)
-
+        shape_map = total_map = jnp.zeros((n_max, 0), z.dtype)  # unused
         theta = z.reshape(-1)
 
-    # Source i depends on its own (z_i, F_i) alone, so its Jacobian is taken alone: one
-    # forward-mode pass per source and parameter instead of per source pair.
     def one_source(theta_i, pos_i, mask_i, amp_i, shape_i, total_i):
-        img = render_sources(model.vae_params, vcfg, theta_i[None, :d], pos_i[None],
-                             mask_i[None], h, w, psf)[0]  # fmt: skip
+        """Source i from its own parameters ``theta_i = (z_i[, F_i])``: ``(h, w, bands)``."""
+        img = render_one(theta_i[:d], pos_i, mask_i)
         if not free_amplitudes:
             return amp_i[None, None, :] * img
-        total = jnp.sum(img, axis=(0, 1), keepdims=True)
-        shape = img / jnp.where(total > 0, total, 1.0)
+        shape, total = unit_shape(img)
+        # A sample far out along a direction only the prior constrains can decode to
+        # (almost) no light; it keeps the MAP shape, so its flux is still F.
         shape = jnp.where(total > 1e-3 * total_i, shape, shape_i)
         return theta_i[None, None, d:] * shape
 
-    blocks = z if not free_amplitudes else jnp.concatenate([z, field_result.fluxes], axis=1)
-    maps = (shape_map, total_map) if free_amplitudes else (z[:, :0], z[:, :0])
-    jac_i = jax.vmap(jax.jacfwd(one_source))(
-        blocks, positions, mask, field_result.amplitudes, *maps
-    )  # (n_max, h, w, b, q): d source_i / d (z_i, F_i), q = d (+ bands)
-    parts = [(0, d)] + ([(d, d + bands)] if free_amplitudes else [])  # Z columns, then F
+    per_source = (positions, mask, field_result.amplitudes, shape_map, total_map)
+    # own[i]: the indices in theta = (Z, F) of source i's parameters (z_i[, F_i]).
+    own = np.arange(n_max)[:, None] * d + np.arange(d)
+    if free_amplitudes:
+        own = np.concatenate([own, nz + np.arange(n_max)[:, None] * bands + np.arange(bands)], 1)
 
-    def columns(a):
-        """``(n_max, ..., q)`` -> ``(..., n_max * q)``: source i's parameters, source-major."""
-        return jnp.moveaxis(a, 0, -2).reshape(a.shape[1:-1] + (-1,))
+    def sources(theta):
+        """All sources from the flattened parameters: ``(n_max, h, w, bands)``."""
+        return jax.vmap(one_source)(theta[own], *per_source)
 
-    jt = jnp.concatenate([columns(jac_i[..., lo:hi]) for lo, hi in parts], axis=-1)
-    jt = jt.reshape(-1, theta.size)  # d(total model) / d(Z, F)
+    # Source i depends on its own parameters alone, so its Jacobian is taken alone: one
+    # forward-mode pass per source and parameter instead of per source pair.
+    jac_i = jax.vmap(jax.jacfwd(one_source))(theta[own], *per_source)  # (n_max, h, w, b, q)
+    jt = jnp.moveaxis(jac_i, 0, -2).reshape(-1, own.size)  # columns in `own` order
+    jt = jt[:, np.argsort(own.reshape(-1))]  # d(total model) / d(Z, F)
     hess = jt.T @ (ivar.reshape(-1, 1) * jt)
     if model.flow_params is not None:
         hp = jax.vmap(jax.hessian(lambda zi: -log_prior(model.flow_params, model.flow_config, zi)))(
@@ -811,12 +806,10 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     hess = 0.5 * (hess + hess.T)
     cov = jnp.linalg.inv(hess)
     cov = 0.5 * (cov + cov.T)
-    # d flux_ib / d(Z, F): nonzero only in source i's own columns.
-    g_own = jnp.sum(jac_i, axis=(1, 2))  # (n_max, b, q)
-    eye = jnp.eye(n_max, dtype=g_own.dtype)
-    own = [jnp.einsum("ibk,ij->ibjk", g_own[..., lo:hi], eye) for lo, hi in parts]
-    gflux = jnp.concatenate([g.reshape(n_max, bands, -1) for g in own], axis=-1)  # (n_max, b, P)
-    var = jnp.einsum("ibk,kl,ibl->ib", gflux, cov, gflux)
+    # flux_ib depends on source i's own parameters only: var_ib = g^T cov_ii g.
+    g_own = jnp.sum(jac_i, axis=(1, 2))  # (n_max, b, q): d flux_ib / d theta_i
+    cov_own = cov[own[:, :, None], own[:, None, :]]  # (n_max, q, q)
+    var = jnp.einsum("ibk,ikl,ibl->ib", g_own, cov_own, g_own)
     var = jnp.maximum(var, 0.0) + (model_error * field_result.fluxes) ** 2
     flux_err = jnp.sqrt(var) * mask.astype(var.dtype)[:, None]
     if n_samples == 0:
@@ -1023,16 +1016,12 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
 
     chunk = max(1, min(chunk, n))
     fn = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0 if per_field else None)))
-    per_source = ("models", "latents", "fluxes", "mask", "amplitudes", "prior_weights")
+    per_source = (*_SLOT_FILL, "mask")  # the result's per-source fields
     # Slots no field uses are dropped (all fields share one compiled shape: a compile
     # costs more than the slots it would save chunk by chunk).
     slots = _chunk_slots(result.mask)
-
-    def take(a):
-        return np.take_along_axis(a, slots.reshape(slots.shape + (1,) * (a.ndim - 2)), axis=1)
-
-    result = result._replace(**{k: take(getattr(result, k)) for k in per_source})
-    positions = take(positions)
+    result = result._replace(**{k: _take_slots(getattr(result, k), slots) for k in per_source})
+    positions = _take_slots(positions, slots)
     out = np.zeros(result.mask.shape + result.fluxes.shape[2:], result.fluxes.dtype)
     for i in range(0, n, chunk):
         idx = np.arange(i, min(i + chunk, n))
@@ -1041,9 +1030,7 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
         ps = psf[idx] if per_field else psf
         m = min(chunk, n - i)
         out[i : i + m] = np.asarray(fn(sub, positions[idx], ivar[idx], ps))[:m]
-    full = np.zeros(out.shape[:1] + (n_max,) + out.shape[2:], out.dtype)
-    np.put_along_axis(full, slots[..., None], out, axis=1)
-    return full
+    return _put_slots(out, slots, n_max)
 
 
 def calibrate_model_error(flux, flux_err, true_flux, coverage: float = 0.6827) -> float:
