@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import time
 from pathlib import Path
 
@@ -37,13 +38,20 @@ import optax
 from _common import RESULTS_DIR, format_table, machine_info, write_json
 
 from galjax.baselines import fit_gaussian, gaussian_best_sigma_loglik
-from galjax.models.vae import REGIER_MLP, decode, elbo, encode, gaussian_loglik
+from galjax.models.vae import REGIER_MLP, decode, elbo, encode, gaussian_loglik, init_vae
 from galjax.sim import HST_F814W, SDSS_R, noise_variance
-from galjax.train import TrainConfig
+from galjax.train import (
+    TrainConfig,
+    load_checkpoint_metadata,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from galjax.train.recipes import make_stamps, train_vae
 from galjax.transforms import random_dihedral
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cosmos_hst_f814w_100"
+CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+SNR_BINS = (0.0, 20.0, 50.0, 100.0, 200.0, np.inf)
 
 
 def _noisy(key, clean, survey):
@@ -52,7 +60,19 @@ def _noisy(key, clean, survey):
 
 
 def _train(key, survey, n_train, n_steps, batch):
+    """Train the talk's MLP VAE on ``survey``'s noisy stamps (cached in ``benchmarks/.cache``).
+
+    The cache key is the survey, the budget and the key's data, so a re-run with the
+    same arguments re-scores without retraining.
+    """
     cfg = dataclasses.replace(REGIER_MLP, stamp_size=survey.stamp_size)
+    tag = hashlib.sha1(
+        repr((survey, cfg, n_train, n_steps, batch, jax.random.key_data(key).tolist())).encode()
+    ).hexdigest()[:12]
+    cache = CACHE_DIR / f"vae_{survey.name}_{tag}.msgpack"
+    if cache.exists():
+        params = restore_checkpoint(cache, init_vae(jax.random.key(0), cfg))
+        return cfg, params, load_checkpoint_metadata(cache)["train"]
     k_data, k_fit = jax.random.split(key)
     stamps = make_stamps(k_data, survey, n_train)
     t0 = time.perf_counter()
@@ -66,30 +86,50 @@ def _train(key, survey, n_train, n_steps, batch):
         denoise=False,
     )
     last = hist["train"][-1]
-    return (
-        cfg,
-        params,
-        {
-            "train_s": time.perf_counter() - t0,
-            "n_train": n_train,
-            "n_steps": n_steps,
-            "batch": batch,
-            "final_nll_per_pixel": float(last["nll_per_pixel"]),
-        },
-    )
+    info = {
+        "train_s": time.perf_counter() - t0,
+        "n_train": n_train,
+        "n_steps": n_steps,
+        "batch": batch,
+        "final_nll_per_pixel": float(last["nll_per_pixel"]),
+    }
+    save_checkpoint(cache, params, {"train": info})
+    return cfg, params, info
 
 
-def _fit_latents(params, cfg, x, mask, z0, n_steps: int, lr: float = 0.05):
+def _shift(img, offset):
+    """Shift ``(n, h, w, c)`` images by sub-pixel ``offset (n, 2) = (dx, dy)`` (Lanczos-3)."""
+
+    def one(im, off):
+        return jax.image.scale_and_translate(
+            im, im.shape, (0, 1), jnp.ones(2, im.dtype), off[::-1].astype(im.dtype),
+            method="lanczos3", antialias=False,
+        )  # fmt: skip
+
+    return jax.vmap(one)(img, offset)
+
+
+def _decode_at(params, cfg, z, offset=None):
+    """``f_mu, log f_sigma`` of latents ``z (n, d)``, shifted by ``offset (n, 2)`` if given."""
+    f_mu, f_ls = decode(params, cfg, z)
+    if offset is None:
+        return f_mu, f_ls
+    return _shift(f_mu, offset), _shift(f_ls, offset)
+
+
+def _fit_latents(params, cfg, x, mask, z0, n_steps: int, lr: float = 0.05, offset=None):
     """Per-image latent fit: ``argmin_z -log N(x; f_mu(z), f_sigma(z)^2) + |z|^2 / 2``.
 
     The VAE's counterpart of the Gaussian's per-image least-squares fit: Adam from the
-    encoder's ``g_mu(x)``, vmapped over images.
+    encoder's ``g_mu(x)``, vmapped over images (decoded images placed at ``offset``).
     """
     tx = optax.adam(lr)
+    if offset is None:
+        offset = jnp.zeros((len(x), 2), jnp.float32)
 
-    def one(xi, mi, zi):
+    def one(xi, mi, zi, oi):
         def loss(z):
-            f_mu, f_ls = decode(params, cfg, z[None])
+            f_mu, f_ls = _decode_at(params, cfg, z[None], oi[None])
             return -gaussian_loglik(xi[None], f_mu, log_sigma=f_ls, mask=mi[None])[0] + 0.5 * z @ z
 
         def step(carry, _):
@@ -101,18 +141,36 @@ def _fit_latents(params, cfg, x, mask, z0, n_steps: int, lr: float = 0.05):
         return z
 
     fn = jax.jit(jax.vmap(one))
-    return jnp.concatenate([fn(x[i : i + 100], mask[i : i + 100], z0[i : i + 100])
-                            for i in range(0, len(x), 100)])  # fmt: skip
+    return jnp.concatenate([fn(x[i : i + 100], mask[i : i + 100], z0[i : i + 100],
+                               offset[i : i + 100]) for i in range(0, len(x), 100)])  # fmt: skip
 
 
-def _compare(params, cfg, x, sigma, mask, fit_steps: int = 0, per_image: bool = False):
+def _by_snr(snr, flags: dict) -> list[dict]:
+    """Fractions of each boolean per-image flag in the bins of :data:`SNR_BINS`."""
+    rows = []
+    for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:], strict=True):
+        sel = (snr >= lo) & (snr < hi)
+        row = {"snr_min": lo, "snr_max": None if np.isinf(hi) else hi, "n": int(sel.sum())}
+        for name, flag in flags.items():
+            row[f"frac_{name}"] = float(flag[sel].mean()) if sel.any() else None
+        rows.append(row)
+    return rows
+
+
+def _compare(params, cfg, x, sigma, mask, fit_steps: int = 0, per_image: bool = False,
+             offset=None):  # fmt: skip
     """Per-image MSE and log-likelihood of the VAE and of the Gaussian fit (masked pixels).
 
     The VAE is scored at the encoder's ``g_mu(x)`` (amortised) and, with ``fit_steps``,
-    at the per-image latent fit of :func:`_fit_latents` (``*_fitted`` keys).
+    at the per-image latent fit of :func:`_fit_latents` (``*_fitted`` keys). Each
+    image's signal-to-noise ratio is that of its Gaussian fit,
+    ``SNR = sqrt(sum_p m_p xhat_p^2 / sigma_p^2)`` (the same definition for simulated
+    and real images), and every fraction is also given per SNR bin (``by_snr``).
+    With ``offset (n, 2)`` the VAE's images are placed at that sub-pixel offset from
+    the stamp centre (see :func:`_cosmos`).
     """
     mu, _ = jax.jit(lambda v: encode(params, cfg, v))(x)
-    f_mu, f_ls = jax.jit(lambda z: decode(params, cfg, z))(mu)
+    f_mu, f_ls = jax.jit(lambda z, o: _decode_at(params, cfg, z, o))(mu, offset)
     m = jnp.asarray(mask, jnp.float32)
     npix = jnp.sum(m, axis=(-3, -2, -1))
     ll_vae = gaussian_loglik(x, f_mu, log_sigma=f_ls, mask=m)
@@ -123,34 +181,40 @@ def _compare(params, cfg, x, sigma, mask, fit_steps: int = 0, per_image: bool = 
         for i in range(0, len(x), 100)
     ]
     g_model = jnp.concatenate([f.model for f in fits])
+    snr = np.sqrt(np.asarray(jnp.sum(m * (g_model / sigma) ** 2, axis=(-3, -2, -1))))
     ll_gauss = gaussian_best_sigma_loglik(x, g_model, mask=m)
     mse_vae = jnp.sum(m * (x - f_mu) ** 2, axis=(-3, -2, -1)) / npix
     mse_gauss = jnp.sum(m * (x - g_model) ** 2, axis=(-3, -2, -1)) / npix
-    lower = np.asarray(mse_vae < mse_gauss)
-    more = np.asarray(ll_vae > ll_gauss)
+    flags = {
+        "lower_mse": np.asarray(mse_vae < mse_gauss),
+        "more_probable": np.asarray(ll_vae > ll_gauss),
+    }
     out = {
         "n_images": len(x),
-        "frac_lower_mse": float(lower.mean()),
-        "frac_more_probable": float(more.mean()),
+        "frac_lower_mse": float(flags["lower_mse"].mean()),
+        "frac_more_probable": float(flags["more_probable"].mean()),
         "median_mse_ratio_vae_over_gauss": float(np.median(np.asarray(mse_vae / mse_gauss))),
         "median_dloglik_per_pixel": float(np.median(np.asarray((ll_vae - ll_gauss) / npix))),
+        "snr_percentiles_10_50_90": [float(v) for v in np.percentile(snr, [10, 50, 90])],
     }
-    if per_image:
-        out |= {"lower_mse": lower, "more_probable": more}
     if fit_steps > 0:
-        z = _fit_latents(params, cfg, x, m, mu, fit_steps)
-        f_mu, f_ls = jax.jit(lambda z: decode(params, cfg, z))(z)
+        z = _fit_latents(params, cfg, x, m, mu, fit_steps, offset=offset)
+        f_mu, f_ls = jax.jit(lambda z, o: _decode_at(params, cfg, z, o))(z, offset)
         ll_fit = gaussian_loglik(x, f_mu, log_sigma=f_ls, mask=m)
         mse_fit = jnp.sum(m * (x - f_mu) ** 2, axis=(-3, -2, -1)) / npix
+        flags |= {
+            "lower_mse_fitted": np.asarray(mse_fit < mse_gauss),
+            "more_probable_fitted": np.asarray(ll_fit > ll_gauss),
+        }
         out |= {
             "fit_steps": fit_steps,
-            "frac_lower_mse_fitted": float(np.mean(np.asarray(mse_fit < mse_gauss))),
-            "frac_more_probable_fitted": float(np.mean(np.asarray(ll_fit > ll_gauss))),
+            "frac_lower_mse_fitted": float(flags["lower_mse_fitted"].mean()),
+            "frac_more_probable_fitted": float(flags["more_probable_fitted"].mean()),
             "median_mse_ratio_fitted_over_gauss": float(np.median(np.asarray(mse_fit / mse_gauss))),
         }
-        if per_image:
-            out |= {"lower_mse_fitted": np.asarray(mse_fit < mse_gauss),
-                    "more_probable_fitted": np.asarray(ll_fit > ll_gauss)}  # fmt: skip
+    out["by_snr"] = _by_snr(snr, flags)
+    if per_image:
+        out |= flags | {"snr": snr}
     return out
 
 
@@ -237,14 +301,42 @@ def _cosmos(stamp):
     mags = np.asarray(s.catalog["MAG"], float)
     # Zeropoint that puts these stamps in noise units: compare with HST_F814W's.
     zp_noise_units = float(np.median(25.94 - 2.5 * np.log10(sig)))
-    return (
-        x,
-        mask,
-        {
-            "median_zeropoint_in_noise_units": zp_noise_units,
-            "mag_range": [float(mags.min()), float(mags.max())],
-        },
-    )
+    info = {
+        "median_zeropoint_in_noise_units": zp_noise_units,
+        "mag_range": [float(mags.min()), float(mags.max())],
+        "median_mag": float(np.median(mags)),
+        # SExtractor FLUX_RADIUS (half-light radius) in pixels of PIXEL_SCALE arcsec
+        "median_flux_radius_arcsec": float(
+            np.median(np.asarray(s.catalog["flux_radius"], float) * s.catalog["PIXEL_SCALE"])
+        ),
+    }
+    return x, mask, info
+
+
+def _recentre(x, mask):
+    """Centre each stamp's galaxy as the simulations are (at ``((s - 1) / 2, (s - 1) / 2)``).
+
+    The galaxy's centre is the bivariate Gaussian fit's. Image and mask are shifted by
+    whole pixels (exact: no interpolation of the noisy pixels; pixels shifted in from
+    outside are masked); the remaining sub-pixel offset ``(n, 2) = (dx, dy)`` in
+    ``[-0.5, 0.5]`` is returned for the VAE's images to be placed at, as the deblender
+    places its stamps. Regier et al.'s images are "cropped around one prominent
+    galaxy"; the sims the VAE learns from are centred exactly.
+    """
+    n, s = x.shape[0], x.shape[1]
+    fit = fit_gaussian(jnp.asarray(x), sigma=jnp.ones_like(jnp.asarray(x)),
+                       pixel_mask=jnp.asarray(mask), n_steps=300)  # fmt: skip
+    c = (s - 1) / 2.0
+    gx, gy = np.asarray(fit.params.x, float), np.asarray(fit.params.y, float)
+    kx, ky = np.round(c - gx).astype(int), np.round(c - gy).astype(int)
+    xs, ms = np.zeros_like(x), np.zeros_like(mask)
+    for i in range(n):
+        src = np.s_[max(-ky[i], 0) : s - max(ky[i], 0), max(-kx[i], 0) : s - max(kx[i], 0)]
+        dst = np.s_[max(ky[i], 0) : s - max(-ky[i], 0), max(kx[i], 0) : s - max(-kx[i], 0)]
+        xs[i][dst], ms[i][dst] = x[i][src], mask[i][src]
+    offset = np.stack([gx + kx - c, gy + ky - c], axis=-1).astype(np.float32)
+    moved = float(np.median(np.hypot(gx - c, gy - c)))
+    return xs, ms, offset, {"median_centre_offset_before_px": moved}
 
 
 def main():
@@ -269,6 +361,13 @@ def main():
         "other folds' stamps (k-fold; 0: off)",
     )
     ap.add_argument("--finetune-steps", type=int, default=3000)
+    ap.add_argument(
+        "--population",
+        choices=("matched", "default"),
+        default="matched",
+        help="HST-like training population: magnitude range and median size of the COSMOS "
+        "sample's catalogue (matched) or galjax's HST_F814W defaults",
+    )
     ap.add_argument("--out", default="vae_vs_gaussian", help="name of the results JSON")
     args = ap.parse_args()
     key = jax.random.key(args.seed)
@@ -287,19 +386,41 @@ def main():
 
     # 2. Real COSMOS galaxies, same architecture trained on HST-like sims (64x64) whose
     # zeropoint in noise units is the stamps' own (so simulated and real galaxies of
-    # one magnitude have the same signal-to-noise).
+    # one magnitude have the same signal-to-noise) and, with --population matched, whose
+    # magnitude range and median size are the sample's (from its catalogue, not pixels).
     hst, cosmos = HST_F814W, None
     if DATA.exists():
         cosmos = _cosmos(HST_F814W.stamp_size)
-        zp = round(cosmos[2]["median_zeropoint_in_noise_units"], 2)
+        info = cosmos[2]
+        zp = round(info["median_zeropoint_in_noise_units"], 2)
         hst = dataclasses.replace(HST_F814W, name="hst_f814w_cosmos", zeropoint=(zp,))
+        if args.population == "matched":
+            lo, hi = info["mag_range"]
+            # median disk size at mag_ref such that the size at the sample's median
+            # magnitude is the sample's median flux radius
+            hlr = info["median_flux_radius_arcsec"] * 10 ** (
+                hst.hlr_mag_slope * (info["median_mag"] - hst.mag_ref)
+            )
+            hst = dataclasses.replace(hst, name="hst_f814w_cosmos_matched",
+                                      mag_min=round(lo, 2), mag_max=round(hi, 2),
+                                      hlr_median=round(hlr, 3))  # fmt: skip
     cfg_h, params_h, train_h = _train(k_hst, hst, args.n_train, args.steps, args.batch)
+    sim_info = {"sim_zeropoint": hst.zeropoint[0], "sim_mag_range": [hst.mag_min, hst.mag_max],
+                "sim_hlr_median": hst.hlr_median}  # fmt: skip
     if cosmos is not None:
         xc, mc, info = cosmos
-        r = _compare(params_h, cfg_h, jnp.asarray(xc), jnp.ones_like(jnp.asarray(xc)), mc,
-                     args.fit_steps)  # fmt: skip
-        results["cosmos_real"] = r | {"train": train_h, **info, "sim_zeropoint": hst.zeropoint[0]}
-        rows.append({"set": "COSMOS HST F814W (real, 64x64)", **r})
+        xr, mr, offset, centre_info = _recentre(xc, mc)
+        ones = jnp.ones_like(jnp.asarray(xc))
+        variants = {
+            "cosmos_real": (xr, mr, offset, "COSMOS HST F814W (real, 64x64, centred)"),
+            "cosmos_real_whole_pixel_centred": (xr, mr, None, "COSMOS real, whole-pixel centring"),
+            "cosmos_real_as_cut": (xc, mc, None, "COSMOS real, stamps as cut"),
+        }
+        for name, (xv, mv, off, label) in variants.items():
+            r = _compare(params_h, cfg_h, jnp.asarray(xv), ones, mv, args.fit_steps,
+                         offset=None if off is None else jnp.asarray(off))  # fmt: skip
+            results[name] = r | {"train": train_h, **info, **centre_info, **sim_info}
+            rows.append({"set": label, **r})
         if args.finetune_folds > 1:
             r = _cosmos_folds(jax.random.fold_in(k_hst, 7), params_h, cfg_h, xc, mc,
                               args.finetune_folds, args.finetune_steps, args.fit_steps)  # fmt: skip
@@ -309,7 +430,7 @@ def main():
     x, sigma = _noisy(jax.random.fold_in(k_noise, 1), clean, hst)
     r = _compare(params_h, cfg_h, jnp.asarray(x), jnp.asarray(sigma), np.ones_like(x),
                  args.fit_steps)  # fmt: skip
-    results["hst_sim"] = r | {"train": train_h}
+    results["hst_sim"] = r | {"train": train_h, **sim_info}
     rows.append({"set": "HST-like sims (64x64)", **r})
 
     print(
