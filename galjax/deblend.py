@@ -579,7 +579,9 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
     chunk = -(-chunk // n_dev) * n_dev  # a multiple of the device count
     init = model.init_params if config.use_init_encoder else None
     params = (model.vae_params, model.flow_params, init)
-    static = (model.vae_config, model.flow_config, config)
+    # Settings used outside the compiled solve do not key its compilation cache.
+    outside = {f: getattr(DeblendConfig, f) for f in ("debias", "chunk", "group")}
+    static = (model.vae_config, model.flow_config, dataclasses.replace(config, **outside))
     # The model's calibrated noise-bias table, divided out chunk by chunk.
     bias = (model.meta or {}).get("flux_bias") if config.debias else None
     per_field_psf = psf is not None and psf.ndim == 4
@@ -732,7 +734,22 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
       free_amplitudes: treat the refit fluxes as parameters (use False for
         results of ``DeblendConfig(refit_fluxes=False)``).
       model_error: fractional flux error added in quadrature.
+
+    One compiled call per model, field shape, ``n_samples`` and ``free_amplitudes``.
     """
+    params = (model.vae_params, model.flow_params)
+    static = (model.vae_config, model.flow_config)
+    return _laplace(key, params, field_result, positions, ivar, psf, prior_weight, model_error,
+                    static=static, n_samples=int(n_samples),
+                    free_amplitudes=bool(free_amplitudes))  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("static", "n_samples", "free_amplitudes"))
+def _laplace(key, params, field_result, positions, ivar, psf, prior_weight, model_error, *,
+             static, n_samples, free_amplitudes):  # fmt: skip
+    """:func:`laplace`, compiled; ``params = (vae, flow)``, ``static = (vae_config,
+    flow_config)``."""
+    model = GalaxyModel(static[0], params[0], static[1], params[1])
     vcfg = model.vae_config
     z, mask = field_result.latents, field_result.mask
     h, w = field_result.residual.shape[0], field_result.residual.shape[1]

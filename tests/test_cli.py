@@ -12,18 +12,19 @@ from galjax.cli import main
 
 def test_simulate_writes_fields_truth_and_figure(tmp_path):
     out = tmp_path / "fields.fits"
-    assert main(["simulate", "--n", "3", "--seed", "1", "--out", str(out), "--quiet"]) == 0
+    # 5 fields: the simulator's compiled shape (8) is the calibration test's
+    assert main(["simulate", "--n", "5", "--seed", "1", "--out", str(out), "--quiet"]) == 0
     with fits.open(out) as hdul:
-        assert hdul[0].data.shape == (3, 1, 64, 64)  # stacks are stored as (n, bands, h, w)
+        assert hdul[0].data.shape == (5, 1, 64, 64)  # stacks are stored as (n, bands, h, w)
         assert hdul[0].header["SURVEY"] == "lsst_r"
         noiseless = hdul["NOISELESS"].data
         assert np.all(np.isfinite(hdul[0].data)) and noiseless.min() >= 0
     truth = Table.read(tmp_path / "fields_truth.ecsv")
-    assert 3 <= len(truth) <= 12
-    assert set(truth["field"]) <= {0, 1, 2}
+    assert 5 <= len(truth) <= 20
+    assert set(truth["field"]) <= {0, 1, 2, 3, 4}
     assert np.all((truth["x"] >= 0) & (truth["x"] < 64))
     # The truth fluxes are the sources' total fluxes: the field holds at most that much light.
-    for i in range(3):
+    for i in range(5):
         assert noiseless[i].sum() <= truth["flux_r"][truth["field"] == i].sum() * 1.001
     assert (tmp_path / "fields.png").stat().st_size > 0
 
@@ -155,7 +156,7 @@ def test_train_calibrate_writes_the_model_error(tmp_path):
     assert model.meta["recipes"]["calibrate"]["seed"] == 3
     # An untrained decoder is far from the galaxies: the statistical errors undercover.
     assert cal["coverage_statistical"] < 0.68 and s > 0
-    f = simulate_fields(jax.random.key(9), 2, LSST_R)
+    f = simulate_fields(jax.random.key(9), 5, LSST_R)  # the calibration's compiled shape (8)
     res = deblend(model, f.image, f.positions, f.mask, sigma=10.0, config=DeblendConfig(n_steps=5),
                   progress=False)  # fmt: skip
     ivar = np.full(f.image.shape, 0.01, np.float32)

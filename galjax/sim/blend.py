@@ -203,9 +203,14 @@ def simulate_fields(
 ) -> Field:
     """Simulate ``n_fields`` fields with one compiled, vmapped call per chunk.
 
+    Every call is compiled for ``chunk`` fields, or, when all fields fit in one
+    chunk, for the next power of two (at most ``chunk``), padding with repeated
+    keys: compiling the simulator takes seconds, so calls of 5, 6 or 8 fields share
+    one compiled shape.
+
     Args:
       key: PRNG key; field ``i`` uses ``fold_in(key, i)`` so results do not
-        depend on ``chunk``.
+        depend on ``chunk`` or on the padding.
       n_fields: number of fields.
       survey, n_max, **kwargs: passed to :func:`simulate_field`.
       chunk: fields per compiled call (bounds memory).
@@ -231,10 +236,11 @@ def simulate_fields(
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="simulating", unit="chunk")
+    size = chunk if n_fields > chunk else min(1 << (n_fields - 1).bit_length(), chunk)
     for i in starts:
         k = keys[i : i + chunk]
-        if k.shape[0] < chunk and n_fields > chunk:  # keep one compiled shape
-            pad = jnp.concatenate([k, jnp.broadcast_to(k[:1], (chunk - k.shape[0],))])
+        if k.shape[0] < size:  # keep one compiled shape
+            pad = jnp.concatenate([k, jnp.broadcast_to(k[:1], (size - k.shape[0],))])
             res = jax.tree.map(lambda a, m=k.shape[0]: np.asarray(a[:m]), fn(pad))
         else:
             res = jax.tree.map(np.asarray, fn(k))
