@@ -64,6 +64,11 @@ __all__ = [
 class DeblendConfig:
     """Settings of the MAP optimisation (units in brackets).
 
+    :func:`deblend` compiles one solve per model, field shape and structure (step
+    count, patience, flags, whether there is a prior term): the float settings
+    (``learning_rate``, ``decay``, ``tol``, the prior weights and ``faint_snr``) are
+    passed traced, so sweeping them does not recompile.
+
     Attributes:
       n_steps: maximum Adam steps per field (MADNESS: 200).
       learning_rate: Adam step size in latent units (MADNESS: 0.05).
@@ -232,18 +237,61 @@ def _objective(z, arrays, static, weights=None):
     return chi2 - jnp.sum(jnp.where(mask, weights * lp, 0.0))
 
 
-def _prior_weights(model: GalaxyModel, z0, field, positions, mask, ivar, psf, cfg):
+def _prior_weights(model: GalaxyModel, z0, field, positions, mask, ivar, psf, cfg, hyper=None):
     """Per-source prior weights ``(n_max,)``: ``cfg.prior_weight_faint`` for sources whose
     initial (encoder) model has a matched-filter SNR below ``cfg.faint_snr[0]``,
-    ``cfg.prior_weight`` above ``cfg.faint_snr[1]``, linear in log SNR between."""
+    ``cfg.prior_weight`` above ``cfg.faint_snr[1]``, linear in log SNR between (the
+    values from ``hyper`` when given, see :class:`_Hyper`)."""
+    hp = _hyper(cfg, field.dtype) if hyper is None else hyper
     if cfg.prior_weight_faint is None:
-        return jnp.full(mask.shape, cfg.prior_weight, field.dtype)
+        return jnp.full(mask.shape, hp.prior_weight, field.dtype)
     h, w = field.shape[0], field.shape[1]
     m0 = render_sources(model.vae_params, model.vae_config, z0, positions, mask, h, w, psf)
     snr = jnp.sqrt(jnp.sum(m0**2 * ivar[None], axis=(1, 2, 3)))
-    lo, hi = (float(np.log(v)) for v in cfg.faint_snr)
+    lo, hi = jnp.log(hp.faint_snr[0]), jnp.log(hp.faint_snr[1])
     t = jnp.clip((jnp.log(jnp.maximum(snr, 1e-6)) - lo) / (hi - lo), 0.0, 1.0)
-    return cfg.prior_weight_faint + t * (cfg.prior_weight - cfg.prior_weight_faint)
+    return hp.prior_weight_faint + t * (hp.prior_weight - hp.prior_weight_faint)
+
+
+class _Hyper(NamedTuple):
+    """The float settings of a :class:`DeblendConfig`, passed to the compiled solve as
+    traced scalars: changing them (a prior-weight sweep, a tolerance) does not recompile.
+    The config itself stays static through :func:`_structure`."""
+
+    learning_rate: jax.Array
+    decay: jax.Array
+    tol: jax.Array
+    prior_weight: jax.Array
+    prior_weight_faint: jax.Array  # 0 when the config's is None (not used then)
+    faint_snr: jax.Array  # (2,)
+
+
+def _hyper(cfg: DeblendConfig, dtype) -> _Hyper:
+    faint = 0.0 if cfg.prior_weight_faint is None else cfg.prior_weight_faint
+    scalars = (cfg.learning_rate, cfg.decay, cfg.tol, cfg.prior_weight, faint)
+    return _Hyper(*(jnp.asarray(v, dtype) for v in scalars), jnp.asarray(cfg.faint_snr, dtype))
+
+
+def _structure(cfg: DeblendConfig) -> DeblendConfig:
+    """``cfg`` as the compiled solve's static key: the float settings (which travel in
+    :class:`_Hyper`) and those used outside the solve (``debias``, ``chunk``, ``group``)
+    set to the defaults, keeping what changes the program: whether there is a prior
+    term (``prior_weight`` and ``prior_weight_faint`` zero or not) and whether the
+    faint-source weights are drawn (``prior_weight_faint`` None or not)."""
+    d = DeblendConfig()
+    faint = cfg.prior_weight_faint
+    return dataclasses.replace(
+        cfg,
+        learning_rate=d.learning_rate,
+        decay=d.decay,
+        tol=d.tol,
+        faint_snr=d.faint_snr,
+        prior_weight=0.0 if cfg.prior_weight == 0 else d.prior_weight,
+        prior_weight_faint=None if faint is None else (0.0 if faint == 0 else 1.0),
+        debias=d.debias,
+        chunk=d.chunk,
+        group=d.group,
+    )
 
 
 class _LoopState(NamedTuple):
@@ -256,7 +304,8 @@ class _LoopState(NamedTuple):
 
 
 def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
-                  config: DeblendConfig = DeblendConfig()) -> DeblendResult:  # fmt: skip
+                  config: DeblendConfig = DeblendConfig(),
+                  hyper=None) -> DeblendResult:  # fmt: skip
     """Deblend one field (pure; ``vmap`` it or use :func:`deblend`).
 
     Args:
@@ -267,11 +316,15 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
       ivar: ``(h, w, bands)`` inverse variance (0 on bad pixels).
       psf: ``(ph, pw, bands)`` effective PSF for explicit-PSF models.
       config: :class:`DeblendConfig`.
+      hyper: internal: traced float settings that replace ``config``'s (how
+        :func:`deblend` keeps one compiled solve across prior weights, tolerances and
+        learning rates); None reads them from ``config``.
 
     Returns:
       :class:`DeblendResult` without the leading field axis.
     """
     cfg = config
+    hp = _hyper(cfg, field.dtype) if hyper is None else hyper
     vcfg = model.vae_config
     init = model.init_params if (cfg.use_init_encoder and model.init_params is not None) else None
     enc_params = model.vae_params if init is None else init
@@ -280,10 +333,11 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
     arrays = (model.vae_params, model.flow_params, field, positions, mask, ivar, psf)
     static = (vcfg, model.flow_config, cfg)
     weights = jax.lax.stop_gradient(
-        _prior_weights(model, z0, field, positions, mask, ivar, psf, cfg)
+        _prior_weights(model, z0, field, positions, mask, ivar, psf, cfg, hp)
     )
     loss_grad = jax.value_and_grad(functools.partial(_objective, weights=weights))
-    tx = optax.adam(optax.exponential_decay(cfg.learning_rate, cfg.n_steps, cfg.decay))
+    # lr_t = learning_rate * decay^(t / n_steps) (optax.exponential_decay, with traced values)
+    tx = optax.adam(lambda t: hp.learning_rate * hp.decay ** (t / cfg.n_steps))
 
     def cond(st):
         return (st.step < cfg.n_steps) & (st.since < cfg.patience)
@@ -293,7 +347,7 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
         upd, opt = tx.update(g, st.opt, st.z)
         z = optax.apply_updates(st.z, upd)
         # The first step always counts (best starts at inf, and inf - tol * inf is NaN).
-        improved = (st.step == 0) | (loss < st.best - cfg.tol * jnp.abs(st.best))
+        improved = (st.step == 0) | (loss < st.best - hp.tol * jnp.abs(st.best))
         return _LoopState(
             st.step + 1,
             z,
@@ -379,8 +433,11 @@ def refit_amplitudes(models, field, ivar, mask, ridge: float = _REFIT_RIDGE):
 
 
 @functools.partial(jax.jit, static_argnames=("static", "group"))
-def _deblend_chunk(params, fields, positions, mask, ivar, psf, static, group=None):
+def _deblend_chunk(params, fields, positions, mask, ivar, psf, static, group=None, hyper=None):
     """All fields of a chunk in one compiled call: vmapped, in groups of ``group``.
+
+    ``hyper`` (:class:`_Hyper`, traced) holds the float settings; None takes them from
+    the static config as constants.
 
     With ``group`` smaller than the chunk the groups run one after another
     (``lax.map``): each group's intermediates stay small enough for a CPU's cache,
@@ -389,7 +446,7 @@ def _deblend_chunk(params, fields, positions, mask, ivar, psf, static, group=Non
     vcfg, fcfg, cfg = static
     vae, flow, init = params
     model = GalaxyModel(vcfg, vae, fcfg, flow, init)
-    fn = lambda f, p, m, iv, ps: deblend_field(model, f, p, m, iv, ps, cfg)
+    fn = lambda f, p, m, iv, ps: deblend_field(model, f, p, m, iv, ps, cfg, hyper)
     per_field_psf = psf is not None and psf.ndim == 4
     if group is None or group >= fields.shape[0]:
         psf_axis = 0 if per_field_psf else None
@@ -579,9 +636,9 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
     chunk = -(-chunk // n_dev) * n_dev  # a multiple of the device count
     init = model.init_params if config.use_init_encoder else None
     params = (model.vae_params, model.flow_params, init)
-    # Settings used outside the compiled solve do not key its compilation cache.
-    outside = {f: getattr(DeblendConfig, f) for f in ("debias", "chunk", "group")}
-    static = (model.vae_config, model.flow_config, dataclasses.replace(config, **outside))
+    # One compiled solve per structure: the float settings are traced (_Hyper).
+    static = (model.vae_config, model.flow_config, _structure(config))
+    hyper = _hyper(config, fields.dtype)
     # The model's calibrated noise-bias table, divided out chunk by chunk.
     bias = (model.meta or {}).get("flux_bias") if config.debias else None
     per_field_psf = psf is not None and psf.ndim == 4
@@ -603,7 +660,7 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
             batch = shard_batch(batch, mesh)
         if not per_field_psf:
             batch = [*batch, psf_arr]
-        res = _deblend_chunk(params, *batch, static, group)
+        res = _deblend_chunk(params, *batch, static, group, hyper)
         res = jax.tree.map(lambda a, m=m: np.asarray(a)[:m], res)
         res = _restore_slots(res, slots, mask[sl])
         if bias is not None:

@@ -94,6 +94,31 @@ def test_vmapped_call_equals_loop_and_chunking(model, scene):
     np.testing.assert_allclose(a.latents[2], c.latents, rtol=1e-4, atol=1e-5)
 
 
+def test_float_settings_are_traced_not_recompiled(model, scene):
+    """A new learning rate, tolerance or prior weight reuses the compiled solve, and the
+    solve uses the new values (it equals the one-field function, which reads the config)."""
+    from galjax.deblend import _deblend_chunk
+
+    args = (model, scene["field"], scene["pos"], scene["mask"])
+    deblend(*args, sigma=scene["sigma"], config=FAST, progress=False)
+    compiled = _deblend_chunk._cache_size()
+    other = dataclasses.replace(FAST, learning_rate=0.02, decay=0.5, tol=1e-2, prior_weight=0.3,
+                                prior_weight_faint=2.0, faint_snr=(5.0, 50.0))  # fmt: skip
+    a = deblend(*args, sigma=scene["sigma"], config=other, progress=False)
+    assert _deblend_chunk._cache_size() == compiled
+    ivar = 1 / scene["sigma"] ** 2
+    for i in range(2):
+        b = deblend_field(model, scene["field"][i], scene["pos"][i], scene["mask"][i], ivar[i],
+                          config=other)  # fmt: skip
+        np.testing.assert_allclose(a.prior_weights[i], b.prior_weights, rtol=1e-5)
+        np.testing.assert_array_equal(a.n_iter[i], b.n_iter)
+        np.testing.assert_allclose(a.latents[i], b.latents, rtol=1e-4, atol=1e-5)
+    # Turning the prior off changes the program: a new compilation.
+    no_prior = dataclasses.replace(FAST, prior_weight=0.0, prior_weight_faint=None)
+    deblend(*args, sigma=scene["sigma"], config=no_prior, progress=False)
+    assert _deblend_chunk._cache_size() > compiled
+
+
 @pytest.mark.parametrize("group", [1, 2])
 def test_groups_inside_a_chunk_equal_one_vmap(model, scene, group):
     args = (scene["field"], scene["pos"], scene["mask"])
