@@ -342,6 +342,49 @@ def _recentre(x, mask):
     return xs, ms, offset, {"median_centre_offset_before_px": moved}
 
 
+def plot_by_snr(results: dict, path) -> Path:
+    """Figure: the four fractions against SNR for each set, with the talk's 97 %.
+
+    One panel per criterion (lower MSE / more probable, amortised / latent fit); each
+    set is a line over the SNR bins' centres (geometric; the last bin at 2x its
+    lower edge), its markers sized by the number of images in the bin; bins of fewer
+    than 10 images are left out.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    keys = [("frac_lower_mse", "lower MSE, amortised"),
+            ("frac_more_probable", "more probable, amortised"),
+            ("frac_lower_mse_fitted", "lower MSE, latent fit"),
+            ("frac_more_probable_fitted", "more probable, latent fit")]  # fmt: skip
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
+    for ax, (key, title) in zip(axes, keys, strict=True):
+        for name, r in results.items():
+            rows = [b for b in r.get("by_snr", []) if b["n"] >= 10 and b.get(key) is not None]
+            if not rows:
+                continue
+            x = [
+                np.sqrt(max(b["snr_min"], 10.0) * (b["snr_max"] or 2 * b["snr_min"])) for b in rows
+            ]
+            ax.plot(x, [b[key] for b in rows], "-", label=name)
+            ax.scatter(x, [b[key] for b in rows], s=[8 + b["n"] / 4 for b in rows])
+        ax.axhline(0.971, color="k", ls=":", lw=1)
+        ax.axhline(0.5, color="0.6", ls="--", lw=0.8)
+        ax.set(xscale="log", xlabel="SNR of the Gaussian fit", title=title, ylim=(0, 1.02))
+        ax.set_xticks([20, 50, 100, 200, 500], ["20", "50", "100", "200", "500"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[0].set_ylabel("fraction of images where the VAE wins")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Regier et al.'s VAE vs a fitted bivariate Gaussian (dotted: the talk's 97 %)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=16384)
@@ -461,6 +504,7 @@ def main():
             "results": results,
         },
     )
+    plot_by_snr(results, RESULTS_DIR / f"{args.out}_by_snr.png")
 
 
 if __name__ == "__main__":
