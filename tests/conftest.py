@@ -9,6 +9,10 @@ from pathlib import Path
 import jax
 import pytest
 
+# The command line's persistent compilation cache stays off in tests (no files outside
+# the tests' temporary folders); test_cli turns it on in a subprocess.
+os.environ["GALJAX_CACHE_DIR"] = "off"
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 

@@ -29,6 +29,32 @@ def test_simulate_writes_fields_truth_and_figure(tmp_path):
     assert (tmp_path / "fields.png").stat().st_size > 0
 
 
+def test_compilation_cache_dir_follows_the_environment(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from galjax.cli import compilation_cache_dir
+
+    assert compilation_cache_dir({"GALJAX_CACHE_DIR": "off"}) is None
+    assert compilation_cache_dir({"GALJAX_CACHE_DIR": ""}) is None
+    assert compilation_cache_dir({"GALJAX_CACHE_DIR": str(tmp_path)}) == tmp_path
+    assert compilation_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "galjax" / "xla"
+    assert compilation_cache_dir({}) == Path.home() / ".cache" / "galjax" / "xla"
+    # In a fresh process the command turns the cache on, and compilations land in it.
+    code = ("import jax, jax.numpy as jnp; from galjax import cli; "
+            "cli._enable_compilation_cache(); "
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+            "jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready(); "
+            "print(jax.config.jax_compilation_cache_dir)")  # fmt: skip
+    env = {**os.environ, "GALJAX_CACHE_DIR": str(tmp_path / "xla")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    assert out.stdout.strip() == str(tmp_path / "xla")
+    assert any((tmp_path / "xla").iterdir())
+
+
 def test_simulate_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit, match="--survey"):
         main(["simulate", "--survey", "nope", "--out", str(tmp_path / "f.fits")])
