@@ -399,6 +399,7 @@ def main():
         help="Adam steps of the per-image latent fit (0: amortised encoder only)",
     )
     ap.add_argument("--skip-sdss", action="store_true", help="only the HST-like and COSMOS sets")
+    ap.add_argument("--skip-hst", action="store_true", help="only the SDSS-like set")
     ap.add_argument(
         "--finetune-folds",
         type=int,
@@ -434,50 +435,52 @@ def main():
     # zeropoint in noise units is the stamps' own (so simulated and real galaxies of
     # one magnitude have the same signal-to-noise) and, with --population matched, whose
     # magnitude range and median size are the sample's (from its catalogue, not pixels).
-    hst, cosmos = HST_F814W, None
-    if DATA.exists():
-        cosmos = _cosmos(HST_F814W.stamp_size)
-        info = cosmos[2]
-        zp = round(info["median_zeropoint_in_noise_units"], 2)
-        hst = dataclasses.replace(HST_F814W, name="hst_f814w_cosmos", zeropoint=(zp,))
-        if args.population == "matched":
-            lo, hi = info["mag_range"]
-            # median disk size at mag_ref such that the size at the sample's median
-            # magnitude is the sample's median flux radius
-            hlr = info["median_flux_radius_arcsec"] * 10 ** (
-                hst.hlr_mag_slope * (info["median_mag"] - hst.mag_ref)
-            )
-            hst = dataclasses.replace(hst, name="hst_f814w_cosmos_matched",
-                                      mag_min=round(lo, 2), mag_max=round(hi, 2),
-                                      hlr_median=round(hlr, 3))  # fmt: skip
-    cfg_h, params_h, train_h = _train(k_hst, hst, args.n_train, args.steps, args.batch)
-    sim_info = {"sim_zeropoint": hst.zeropoint[0], "sim_mag_range": [hst.mag_min, hst.mag_max],
-                "sim_hlr_median": hst.hlr_median}  # fmt: skip
-    if cosmos is not None:
-        xc, mc, info = cosmos
-        xr, mr, offset, centre_info = _recentre(xc, mc)
-        ones = jnp.ones_like(jnp.asarray(xc))
-        variants = {
-            "cosmos_real": (xr, mr, offset, "COSMOS HST F814W (real, 64x64, centred)"),
-            "cosmos_real_whole_pixel_centred": (xr, mr, None, "COSMOS real, whole-pixel centring"),
-            "cosmos_real_as_cut": (xc, mc, None, "COSMOS real, stamps as cut"),
-        }
-        for name, (xv, mv, off, label) in variants.items():
-            r = _compare(params_h, cfg_h, jnp.asarray(xv), ones, mv, args.fit_steps,
-                         offset=None if off is None else jnp.asarray(off))  # fmt: skip
-            results[name] = r | {"train": train_h, **info, **centre_info, **sim_info}
-            rows.append({"set": label, **r})
-        if args.finetune_folds > 1:
-            r = _cosmos_folds(jax.random.fold_in(k_hst, 7), params_h, cfg_h, xc, mc,
-                              args.finetune_folds, args.finetune_steps, args.fit_steps)  # fmt: skip
-            results["cosmos_real_finetuned"] = r
-            rows.append({"set": f"COSMOS real, fine-tuned ({args.finetune_folds}-fold)", **r})
-    clean = make_stamps(jax.random.fold_in(k_test, 1), hst, args.n_test)["image"]
-    x, sigma = _noisy(jax.random.fold_in(k_noise, 1), clean, hst)
-    r = _compare(params_h, cfg_h, jnp.asarray(x), jnp.asarray(sigma), np.ones_like(x),
-                 args.fit_steps)  # fmt: skip
-    results["hst_sim"] = r | {"train": train_h, **sim_info}
-    rows.append({"set": "HST-like sims (64x64)", **r})
+    if not args.skip_hst:
+        hst, cosmos = HST_F814W, None
+        if DATA.exists():
+            cosmos = _cosmos(HST_F814W.stamp_size)
+            info = cosmos[2]
+            zp = round(info["median_zeropoint_in_noise_units"], 2)
+            hst = dataclasses.replace(HST_F814W, name="hst_f814w_cosmos", zeropoint=(zp,))
+            if args.population == "matched":
+                lo, hi = info["mag_range"]
+                # median disk size at mag_ref such that the size at the sample's median
+                # magnitude is the sample's median flux radius
+                hlr = info["median_flux_radius_arcsec"] * 10 ** (
+                    hst.hlr_mag_slope * (info["median_mag"] - hst.mag_ref)
+                )
+                hst = dataclasses.replace(hst, name="hst_f814w_cosmos_matched",
+                                          mag_min=round(lo, 2), mag_max=round(hi, 2),
+                                          hlr_median=round(hlr, 3))  # fmt: skip
+        cfg_h, params_h, train_h = _train(k_hst, hst, args.n_train, args.steps, args.batch)
+        sim_info = {"sim_zeropoint": hst.zeropoint[0], "sim_mag_range": [hst.mag_min, hst.mag_max],
+                    "sim_hlr_median": hst.hlr_median}  # fmt: skip
+        if cosmos is not None:
+            xc, mc, info = cosmos
+            xr, mr, offset, centre_info = _recentre(xc, mc)
+            ones = jnp.ones_like(jnp.asarray(xc))
+            variants = {
+                "cosmos_real": (xr, mr, offset, "COSMOS HST F814W (real, 64x64, centred)"),
+                "cosmos_real_whole_pixel_centred": (xr, mr, None, "COSMOS real, whole px"),
+                "cosmos_real_as_cut": (xc, mc, None, "COSMOS real, stamps as cut"),
+            }
+            for name, (xv, mv, off, label) in variants.items():
+                r = _compare(params_h, cfg_h, jnp.asarray(xv), ones, mv, args.fit_steps,
+                             offset=None if off is None else jnp.asarray(off))  # fmt: skip
+                results[name] = r | {"train": train_h, **info, **centre_info, **sim_info}
+                rows.append({"set": label, **r})
+            if args.finetune_folds > 1:
+                r = _cosmos_folds(jax.random.fold_in(k_hst, 7), params_h, cfg_h, xc, mc,
+                                  args.finetune_folds, args.finetune_steps,
+                                  args.fit_steps)  # fmt: skip
+                results["cosmos_real_finetuned"] = r
+                rows.append({"set": f"COSMOS real, fine-tuned ({args.finetune_folds}-fold)", **r})
+        clean = make_stamps(jax.random.fold_in(k_test, 1), hst, args.n_test)["image"]
+        x, sigma = _noisy(jax.random.fold_in(k_noise, 1), clean, hst)
+        r = _compare(params_h, cfg_h, jnp.asarray(x), jnp.asarray(sigma), np.ones_like(x),
+                     args.fit_steps)  # fmt: skip
+        results["hst_sim"] = r | {"train": train_h, **sim_info}
+        rows.append({"set": "HST-like sims (64x64)", **r})
 
     print(
         format_table(
