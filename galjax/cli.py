@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -614,8 +615,6 @@ def compilation_cache_dir(environ=None) -> Path | None:
     ``$GALJAX_CACHE_DIR`` (``off``, ``0`` or empty: none), else
     ``$XDG_CACHE_HOME/galjax/xla``, else ``~/.cache/galjax/xla``.
     """
-    import os
-
     env = os.environ if environ is None else environ
     value = env.get("GALJAX_CACHE_DIR")
     if value is not None:

@@ -279,19 +279,11 @@ def _structure(cfg: DeblendConfig) -> DeblendConfig:
     term (``prior_weight`` and ``prior_weight_faint`` zero or not) and whether the
     faint-source weights are drawn (``prior_weight_faint`` None or not)."""
     d = DeblendConfig()
+    reset = {f: getattr(d, f) for f in (*_Hyper._fields, "debias", "chunk", "group")}
     faint = cfg.prior_weight_faint
-    return dataclasses.replace(
-        cfg,
-        learning_rate=d.learning_rate,
-        decay=d.decay,
-        tol=d.tol,
-        faint_snr=d.faint_snr,
-        prior_weight=0.0 if cfg.prior_weight == 0 else d.prior_weight,
-        prior_weight_faint=None if faint is None else (0.0 if faint == 0 else 1.0),
-        debias=d.debias,
-        chunk=d.chunk,
-        group=d.group,
-    )
+    reset["prior_weight"] = 0.0 if cfg.prior_weight == 0 else d.prior_weight
+    reset["prior_weight_faint"] = None if faint is None else (0.0 if faint == 0 else 1.0)
+    return dataclasses.replace(cfg, **reset)
 
 
 class _LoopState(NamedTuple):
