@@ -322,9 +322,10 @@ def _recentre(x, mask):
     The galaxy's centre is the bivariate Gaussian fit's. Image and mask are shifted by
     whole pixels (exact: no interpolation of the noisy pixels; pixels shifted in from
     outside are masked); the remaining sub-pixel offset ``(n, 2) = (dx, dy)`` in
-    ``[-0.5, 0.5]`` is returned for the VAE's images to be placed at, as the deblender
-    places its stamps. Regier et al.'s images are "cropped around one prominent
-    galaxy"; the sims the VAE learns from are centred exactly.
+    ``[-0.5, 0.5]`` is returned for the VAE's images to be placed at (:func:`_shift`,
+    Lanczos-3; the deblender's ``shift_stamp`` uses a Fourier phase ramp instead).
+    Regier et al.'s images are "cropped around one prominent galaxy"; the sims the VAE
+    learns from are centred exactly.
     """
     n, s = x.shape[0], x.shape[1]
     fit = fit_gaussian(jnp.asarray(x), sigma=jnp.ones_like(jnp.asarray(x)),
