@@ -22,6 +22,7 @@ __all__ = [
     "mse",
     "ssim",
     "relative_flux_error",
+    "elliptical_aperture_flux",
     "bits_per_dim",
     "roc_curve",
     "auc",
@@ -224,6 +225,57 @@ def relative_flux_error(pred, true, mask=None):
 @jax.jit
 def _fluxes(pred, true, m):
     return jnp.sum(m * pred, axis=(-3, -2)), jnp.sum(m * true, axis=(-3, -2))
+
+
+def elliptical_aperture_flux(image, x, y, a, b, theta, subsample: int = 5):
+    """Flux inside an elliptical aperture: ``F = sum_{y,x} c_{yx} I_{yx}`` per band.
+
+    ``c`` is the fraction of each pixel inside the ellipse, counted on a
+    ``subsample x subsample`` grid of sub-pixel centres (as SExtractor does for its
+    apertures). A point ``(u, v)`` is inside when
+    ``((du cos t + dv sin t) / a)^2 + ((-du sin t + dv cos t) / b)^2 <= 1`` with
+    ``du = u - x``, ``dv = v - y``.
+
+    Args:
+      image: ``(h, w, bands)``; pixel centres at integer ``(x, y)`` = (column, row).
+      x, y: scalar aperture centre (pixels, 0-based).
+      a, b: scalar semi-axes (pixels), positive.
+      theta: scalar angle of the ``a`` axis, counter-clockwise from ``+x`` (rad).
+      subsample: sub-pixels per pixel side.
+
+    Returns:
+      ``(bands,)`` aperture flux. Pure: ``vmap`` it over apertures or images.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(elliptical_aperture_flux(jnp.ones((9, 9, 1)), 4.0, 4.0, 3.0, 3.0, 0.0)[0]), 1)
+    28.4
+    """
+    image = check_image("image", image)
+    if image.ndim != 3:
+        raise ValueError(f"image: expected (h, w, bands), got {image.shape}; vmap for batches")
+    if isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1:
+        raise ValueError(f"subsample: expected a positive integer, got {subsample!r}")
+    for name, v in (("a", a), ("b", b)):
+        if is_concrete(v) and not np.all(np.asarray(v) > 0):
+            raise ValueError(f"{name}: expected a positive semi-axis, got {v}")
+    x, y, a, b, theta = (jnp.asarray(v, image.dtype) for v in (x, y, a, b, theta))
+    return _aperture_flux(image, x, y, a, b, theta, subsample)
+
+
+@functools.partial(jax.jit, static_argnames="subsample")
+def _aperture_flux(image, x, y, a, b, theta, subsample):
+    h, w = image.shape[:2]
+    dx = jnp.arange(w, dtype=image.dtype)[None, :] - x
+    dy = jnp.arange(h, dtype=image.dtype)[:, None] - y
+    c, s = jnp.cos(theta), jnp.sin(theta)
+    cover = jnp.zeros((h, w), image.dtype)
+    for i in range(subsample):  # sub-pixel offsets, accumulated to keep memory at (h, w)
+        for j in range(subsample):
+            u = dx + (j + 0.5) / subsample - 0.5
+            v = dy + (i + 0.5) / subsample - 0.5
+            r2 = ((u * c + v * s) / a) ** 2 + ((-u * s + v * c) / b) ** 2
+            cover = cover + (r2 <= 1.0).astype(image.dtype)
+    return jnp.sum(image * (cover / subsample**2)[..., None], axis=(0, 1))
 
 
 def bits_per_dim(nll_nats, n_dims):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
 import io
 import json
 import math
@@ -853,6 +854,7 @@ def augmentation_experiment(
     classifier_kwargs: Mapping[str, Any] | None = None,
     folds: Sequence | None = None,
     unit_range: bool = True,
+    scale_steps: bool = False,
     progress: bool = False,
 ) -> dict:
     """Test accuracy of classifiers trained on real + generated images, over k folds.
@@ -876,11 +878,17 @@ def augmentation_experiment(
       folds: precomputed ``(train_idx, held_out_idx)`` pairs (default
         :func:`kfold_indices` stratified by class).
       unit_range: feed the classifiers ``(x + 1) / 2``.
+      scale_steps: train the ``lambda_gen = lam`` classifiers for
+        ``n_steps * (1 + lam)`` steps (``n_steps`` from ``classifier_kwargs``), i.e.
+        the same number of epochs for every ratio. With a fixed step count (the
+        default) a larger ratio means fewer passes over the real images: at
+        ``lam = 5`` one batch in six is real.
       progress: print one line per run.
 
     Returns:
       dict: ``accuracy[model][lambda]`` list over folds, ``mean`` and ``std``
-      (population std over folds) per model and lambda, ``lambdas``, ``k``.
+      (population std over folds) per model and lambda, ``lambdas``, ``k`` and
+      ``n_steps[lambda]`` (the classifier steps of each ratio).
     """
     from .classify import accuracy, predict_proba, train_classifier
 
@@ -890,6 +898,11 @@ def augmentation_experiment(
     yt = _check_labels("test_labels", test_labels, xt.shape[0])
     n_classes = int(max(y.max(), yt.max())) + 1
     kw = {"progress": False, **(classifier_kwargs or {})}
+    if any(isinstance(lam, bool) or not isinstance(lam, int) or lam < 0 for lam in lambdas):
+        raise ValueError(f"lambdas: expected non-negative integers, got {list(lambdas)!r}")
+    default_steps = inspect.signature(train_classifier).parameters["n_steps"].default
+    base_steps = int(kw.pop("n_steps", default_steps))
+    n_steps = {lam: base_steps * (1 + lam) if scale_steps else base_steps for lam in lambdas}
     to_input = (lambda a: jnp.asarray((a + 1) / 2)) if unit_range else jnp.asarray
     k_fold, k_run = jax.random.split(key)
     folds = list(folds) if folds is not None else kfold_indices(k_fold, x.shape[0], k, y)
@@ -902,8 +915,9 @@ def augmentation_experiment(
             xa, ya = augmented_training_set(jax.random.fold_in(kf, 0), x[tr], y[tr], sampler, lam)
             for j, (name, model) in enumerate(models.items()):
                 params, _ = train_classifier(
-                    jax.random.fold_in(kf, j + 1), model, to_input(xa), jnp.asarray(ya), **kw
-                )
+                    jax.random.fold_in(kf, j + 1), model, to_input(xa), jnp.asarray(ya),
+                    n_steps=n_steps[lam], **kw,
+                )  # fmt: skip
                 a = accuracy(predict_proba(model, params, to_input(xt)), yt)
                 acc[name][lam].append(float(a))
                 if progress:
@@ -911,6 +925,7 @@ def augmentation_experiment(
     return {
         "lambdas": list(lambdas),
         "k": len(folds),
+        "n_steps": n_steps,
         "accuracy": acc,
         "mean": {m: {lam: float(np.mean(v)) for lam, v in d.items()} for m, d in acc.items()},
         "std": {m: {lam: float(np.std(v)) for lam, v in d.items()} for m, d in acc.items()},

@@ -292,6 +292,49 @@ def test_evaluate_scores_flux_and_ssim():
     assert np.all(np.abs(ev["dflux"] - 0.1) < 0.1) and np.all(ev["ssim"] < 1.0)
 
 
+def test_evaluate_apertures_counts_only_misallocated_light():
+    from galjax.deblend import evaluate_apertures, truth_apertures
+    from galjax.sim import GalaxyParams
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:32, :32].astype(np.float32)
+    blob = lambda x0, y0: np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 8.0)[..., None]
+    true = np.zeros((2, 2, 32, 32, 1), np.float32)
+    true[0, 0], true[0, 1] = 50 * blob(12, 16), 20 * blob(19, 16)  # a close pair
+    true[1, 0] = 40 * blob(16, 16)  # alone in its field
+    mask = np.array([[True, True], [True, False]])
+    pos = np.array([[[12, 16], [19, 16]], [[16, 16], [0, 0]]], np.float32)
+    noiseless = true.sum(axis=1)
+    field = noiseless + rng.normal(0, 0.3, noiseless.shape).astype(np.float32)
+    # Circular apertures of radius 2 sqrt(2^2 + 1^2): hlr 2 px, PSF FWHM 2 px.
+    params = GalaxyParams.sersic(np.ones((2, 2, 1)), 2.0 * np.ones((2, 2)), np.ones((2, 2)))
+    ap = truth_apertures(params, pos, psf_fwhm=2.0)
+    np.testing.assert_allclose(ap[2], 2 * np.sqrt(5.0), rtol=1e-6)
+    np.testing.assert_allclose(ap[3], ap[2])
+
+    def run(models):
+        resid = field - models.sum(axis=1)
+        return evaluate_apertures(models, resid, field, noiseless, true, mask, ap)
+
+    exact = run(true)
+    np.testing.assert_allclose(exact["dflux"], 0.0, atol=1e-5)
+    assert exact["summary"]["n_galaxies"] == 3 and exact["summary"]["n_blended"] == 2
+    # No deblending puts the neighbour's light in each aperture of the pair.
+    assert np.all(exact["dflux_blended"][exact["blended"]] > 0.01)
+    # Light moved from one source of the pair to the other is an error (source 0 gains
+    # the 20 % of source 1 that is inside its aperture); a wrong model of the isolated
+    # galaxy is not: its residual carries the rest.
+    wrong = true.copy()
+    wrong[0, 0] += 0.2 * true[0, 1]
+    wrong[0, 1] *= 0.8
+    wrong[1, 0] *= 0.5
+    ev = run(wrong)
+    d = dict(zip(["pair0", "pair1", "alone"], ev["dflux"], strict=True))
+    assert 0.001 < d["pair0"] < 0.05 and -0.25 < d["pair1"] < -0.15 and abs(d["alone"]) < 1e-5
+    with pytest.raises(ValueError, match="psf_fwhm"):
+        truth_apertures(params, pos, psf_fwhm=0.0)
+
+
 def test_explicit_psf_per_field_equals_separate_runs(scene):
     """One PSF per field in one call gives what separate calls with each PSF give."""
     import dataclasses

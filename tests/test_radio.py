@@ -189,6 +189,43 @@ def test_augmentation_experiment_runs_over_folds():
         assert 0 <= res["mean"]["FCN"][lam] <= 1 and res["std"]["FCN"][lam] >= 0
 
 
+def test_augmentation_experiment_scales_steps_with_the_ratio(monkeypatch):
+    import functools
+
+    import galjax.classify as classify
+
+    seen = []
+    real = classify.train_classifier
+
+    @functools.wraps(real)
+    def spy(key, model, images, labels, **kw):
+        seen.append((images.shape[0], kw["n_steps"]))
+        return real(key, model, images, labels, **kw)
+
+    monkeypatch.setattr(classify, "train_classifier", spy)
+    rng = np.random.default_rng(5)
+    x = _blobs(rng, 16, size=8)
+    y = np.arange(16) % 2
+    kw = dict(
+        make_sampler=lambda f, tr: lambda key, labels: x[: labels.size],
+        models={"FCN": classify.FCNClassifier(2, hidden=(4,))},
+        lambdas=(0, 2),
+        k=2,
+        classifier_kwargs=dict(n_steps=3, batch_size=4),
+    )
+    res = augmentation_experiment(jax.random.key(0), x[:12], y[:12], x[12:], y[12:],
+                                  scale_steps=True, **kw)  # fmt: skip
+    # Two folds of 6 training images; lambda 2 triples the set and the steps.
+    assert seen == [(6, 3), (18, 9)] * 2
+    assert res["n_steps"] == {0: 3, 2: 9}
+    seen.clear()
+    res = augmentation_experiment(jax.random.key(0), x[:12], y[:12], x[12:], y[12:], **kw)
+    assert seen == [(6, 3), (18, 3)] * 2 and res["n_steps"] == {0: 3, 2: 3}
+    with pytest.raises(ValueError, match="lambdas"):
+        augmentation_experiment(jax.random.key(0), x[:12], y[:12], x[12:], y[12:],
+                                **{**kw, "lambdas": (0, -1)})  # fmt: skip
+
+
 def test_prepare_and_check_images():
     u8 = np.zeros((3, 40, 40), np.uint8)
     u8[:, 18:22, 18:22] = 255

@@ -760,3 +760,17 @@ def test_simulate_fields_bad_arguments(key, kwargs, match):
     args = dict(n_fields=2, survey=TINY_R) | kwargs
     with pytest.raises(ValueError, match=match):
         simulate_fields(key, **args)
+
+
+def test_half_light_ellipse_axes_and_component():
+    from galjax.sim import GalaxyParams, half_light_ellipse
+
+    e = 0.3 * np.array([np.cos(1.0), np.sin(1.0)])  # |e| 0.3 at 2 beta = 1 rad
+    p = GalaxyParams.sersic(1.0, 3.0, 1.0, e1=e[0], e2=e[1])
+    a, b, t = (float(v) for v in half_light_ellipse(p))
+    np.testing.assert_allclose([a * b, b / a, t], [9.0, 0.7 / 1.3, 0.5], rtol=1e-5)
+    # A larger bulge is taken only when the galaxy has one.
+    big_bulge = p._replace(bulge_hlr=jnp.asarray(6.0), bulge_e1=jnp.asarray(0.0))
+    assert float(half_light_ellipse(big_bulge)[0]) == pytest.approx(a)
+    with_bulge = big_bulge._replace(bulge_frac=jnp.asarray([0.4]))
+    np.testing.assert_allclose([float(v) for v in half_light_ellipse(with_bulge)], [6, 6, 0])

@@ -15,6 +15,7 @@ from .galaxy import (
     GalaxyParams,
     RenderConfig,
     galaxy_sb,
+    half_light_ellipse,
     render,
     render_galaxy,
     render_sersic,
@@ -39,7 +40,8 @@ from .survey import HSC, HST_F814W, LSST, LSST_R, SDSS_R, SURVEYS, Survey, sampl
 __all__ = [
     "Field", "place_stamp", "sample_positions", "simulate_field", "simulate_fields",
     "simulate_stamp", "GalaxyParams", "RenderConfig", "galaxy_sb", "render", "render_galaxy",
-    "render_sersic", "smooth_twin", "validate_galaxy_params", "add_noise", "noise_variance",
+    "render_sersic", "half_light_ellipse", "smooth_twin", "validate_galaxy_params", "add_noise",
+    "noise_variance",
     "SERSIC_N_RANGE", "e_from_q_beta", "elliptical_radius2", "gaussian_sb", "pixel_grid",
     "pixelate", "q_beta_from_e", "sersic_bn", "sersic_sb", "convolve_fft", "fft_size",
     "gaussian_psf", "moffat_alpha", "moffat_psf", "moffat_sb", "HSC", "HST_F814W", "LSST",

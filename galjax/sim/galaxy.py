@@ -28,6 +28,7 @@ __all__ = [
     "GalaxyParams",
     "galaxy_sb",
     "smooth_twin",
+    "half_light_ellipse",
     "render",
     "render_galaxy",
     "render_sersic",
@@ -153,6 +154,36 @@ def smooth_twin(params: GalaxyParams) -> GalaxyParams:
     return params._replace(
         clump_frac=jnp.zeros_like(params.clump_frac), arm_amp=jnp.zeros_like(params.arm_amp)
     )
+
+
+def half_light_ellipse(params: GalaxyParams, band: int = 0):
+    """Half-light ellipse ``(a, b, theta)`` of the larger of a galaxy's bulge and disk.
+
+    A component of half-light radius ``r`` and reduced shear ``g = |e|`` has semi-axes
+    ``a = r sqrt((1 + g) / (1 - g))`` and ``b = r sqrt((1 - g) / (1 + g))`` (GalSim's
+    shear keeps the area, ``a b = r^2``) at ``theta = atan2(e2, e1) / 2``. Of the
+    components with flux in ``band`` (the bulge when ``bulge_frac > 0``, the disk with
+    its clumps when ``bulge_frac < 1``), the one with the larger ``a`` is returned:
+    the rule MADNESS's benchmark uses to size its photometry apertures.
+
+    Args:
+      params: :class:`GalaxyParams`, any leading batch axes.
+      band: the band whose flux fractions decide which components exist.
+
+    Returns:
+      ``(a, b, theta)``, each with the batch shape; pixels and radians.
+    """
+
+    def axes(hlr, e1, e2):
+        g = jnp.minimum(jnp.hypot(e1, e2), 0.99)
+        k = jnp.sqrt((1.0 + g) / (1.0 - g))
+        return hlr * k, hlr / k, 0.5 * jnp.arctan2(e2, e1)
+
+    disk = axes(params.disk_hlr, params.disk_e1, params.disk_e2)
+    bulge = axes(params.bulge_hlr, params.bulge_e1, params.bulge_e2)
+    frac = params.bulge_frac[..., band]
+    use_bulge = (frac >= 1.0) | ((frac > 0.0) & (bulge[0] > disk[0]))
+    return tuple(jnp.where(use_bulge, bv, dv) for bv, dv in zip(bulge, disk, strict=True))
 
 
 def _shear_matrix(e1, e2):
