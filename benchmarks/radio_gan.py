@@ -16,6 +16,13 @@ Measures, on this machine:
    shared run's step count) with its own per-class checkpoint selection, as in the
    paper: 5x the GAN budget, meant for an accelerator.
 
+The classifiers train for ``--fcn-steps`` / ``--cnn-steps`` steps at every ratio unless
+``--scale-steps`` gives the ``lambda_gen = L`` runs ``(1 + L)`` times as many (the same
+number of epochs: with a fixed step count, a larger ratio means fewer passes over the
+real images). ``--d4`` applies a random symmetry of the square to every training batch.
+``--reuse-gan`` keeps the GAN checkpoints of an earlier run in ``--run-dir`` (same
+configuration and step count) instead of training again.
+
 Writes benchmarks/results/radio_gan.json (and radio_gan_rmae.csv); ``--out NAME`` for
 another name.
 
@@ -25,6 +32,7 @@ another name.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -33,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from _common import RESULTS_DIR, best_time, compile_jitted, format_table, machine_info, write_json
 
+from galjax._files import atomic_write
 from galjax.classify import CNNClassifier, FCNClassifier
 from galjax.models.gan import GANConfig, init_gan, make_gan_step
 from galjax.radio import (
@@ -41,6 +50,7 @@ from galjax.radio import (
     evaluate_checkpoints,
     format_rmae_table,
     kfold_indices,
+    list_checkpoints,
     load_gan_checkpoint,
     load_radio,
     sample_classes,
@@ -48,6 +58,7 @@ from galjax.radio import (
     train_gan,
     write_rmae_table,
 )
+from galjax.transforms import random_dihedral
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "radio_first_fr_4class"
 
@@ -139,6 +150,24 @@ def main():
     ap.add_argument("--data", default=str(DATA / "first_fr_4class.npz"))
     ap.add_argument("--size", type=int, default=32, help="image side of the reduced run")
     ap.add_argument("--gan-minutes", type=float, default=8.0, help="GAN training budget")
+    ap.add_argument(
+        "--gan-steps",
+        type=int,
+        default=None,
+        help="GAN steps (default: what --gan-minutes allows at the probed speed)",
+    )
+    ap.add_argument(
+        "--reuse-gan",
+        action="store_true",
+        help="reuse the checkpoints in --run-dir if they are of this configuration",
+    )
+    ap.add_argument(
+        "--scale-steps",
+        action="store_true",
+        help="(1 + lambda_gen) x the classifier steps: the same epochs per ratio",
+    )
+    ap.add_argument("--d4", action="store_true",
+                    help="random dihedral symmetry of every classifier training batch")  # fmt: skip
     ap.add_argument("--checkpoint-every", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--gen-features", type=int, default=32)
@@ -206,35 +235,44 @@ def main():
         critic_features=args.critic_features,
     )
     every = args.checkpoint_every
-    n_steps = max(every, int(args.gan_minutes * 60 / probe["step_s"]) // every * every)
+    n_steps = args.gan_steps or max(
+        every, int(args.gan_minutes * 60 / probe["step_s"]) // every * every
+    )
     print(
         f"GAN {args.size}x{args.size}: {probe['step_s']:.3f} s/step -> {n_steps} steps", flush=True
     )
     run = Path(args.run_dir)
-    for p in run.glob("ckpt_*.msgpack"):
-        p.unlink()
-    t0 = time.perf_counter()
-    _, hist, ckpts = train_gan(
-        jax.random.key(args.seed),
-        config,
-        x,
-        y,
-        n_steps=n_steps,
-        batch_size=args.batch_size,
-        checkpoint_every=every,
-        out_dir=run,
-        class_names=names,
-        progress=False,
-    )
-    t_gan = time.perf_counter() - t0
-    out["gan_run"] = {
-        "config": config.to_dict(),
-        "n_steps": n_steps,
-        "train_images": int(len(x)),
-        "seconds": t_gan,
-        "steps_per_s": n_steps / t_gan,
-        "history": hist,
-    }
+    record = run / "gan_run.json"  # what trained the checkpoints, for --reuse-gan
+    wanted = {"config": config.to_dict(), "n_steps": n_steps, "seed": args.seed,
+              "batch_size": args.batch_size, "checkpoint_every": every,
+              "train_images": int(len(x))}  # fmt: skip
+    old = json.loads(record.read_text()) if args.reuse_gan and record.exists() else None
+    wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as read back
+    if old is not None and all(old.get(k) == v for k, v in wanted.items()):
+        print(f"reusing the GAN checkpoints in {run} ({old['seconds']:.0f} s of training)")
+        ckpts = list_checkpoints(run)
+        out["gan_run"] = {**old, "reused": True}
+    else:
+        for p in run.glob("ckpt_*.msgpack"):
+            p.unlink()
+        t0 = time.perf_counter()
+        _, hist, ckpts = train_gan(
+            jax.random.key(args.seed),
+            config,
+            x,
+            y,
+            n_steps=n_steps,
+            batch_size=args.batch_size,
+            checkpoint_every=every,
+            out_dir=run,
+            class_names=names,
+            progress=False,
+        )
+        t_gan = time.perf_counter() - t0
+        out["gan_run"] = {**wanted, "seconds": t_gan, "steps_per_s": n_steps / t_gan,
+                          "history": hist}  # fmt: skip
+        text = json.dumps(out["gan_run"], default=float)
+        atomic_write(record, lambda tmp: tmp.write_text(text))
 
     t0 = time.perf_counter()
     table = evaluate_checkpoints(jax.random.key(1), ckpts, x, y, n_per_class=args.n_per_class)
@@ -295,11 +333,15 @@ def main():
             models={name: model},
             lambdas=lambdas,
             folds=folds,
-            classifier_kwargs={"n_steps": steps, "batch_size": 64},
+            classifier_kwargs={"n_steps": steps, "batch_size": 64,
+                               "augment": random_dihedral if args.d4 else None},
+            scale_steps=args.scale_steps,
             progress=True,
-        )
+        )  # fmt: skip
         res[name] = {
             "n_steps": steps,
+            "n_steps_per_lambda": r["n_steps"],
+            "d4": args.d4,
             "batch_size": 64,
             "accuracy": r["accuracy"][name],
             "mean": r["mean"][name],
