@@ -19,6 +19,7 @@ Images are float32 arrays shaped ``(..., height, width, bands)``; positions are
 from importlib import metadata as _metadata
 
 from . import io, metrics, sim, train, transforms
+from .train.parallel import set_cpu_device_count
 
 try:
     __version__ = _metadata.version("galjax")
@@ -27,7 +28,16 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
 
 _LAZY = ("models", "deblend", "detect", "baselines", "plot")
 
-__all__ = ["io", "metrics", "sim", "train", "transforms", *_LAZY, "__version__"]
+__all__ = [
+    "io",
+    "metrics",
+    "sim",
+    "train",
+    "transforms",
+    *_LAZY,
+    "set_cpu_device_count",
+    "__version__",
+]
 
 
 def __getattr__(name):

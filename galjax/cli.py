@@ -662,9 +662,37 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def _use_cpu_cores() -> None:
+    """One CPU device per core for ``galjax deblend`` (see :func:`galjax.set_cpu_device_count`).
+
+    ``GALJAX_CPU_DEVICES=n`` chooses the count (1 turns it off); a device count already
+    in ``XLA_FLAGS`` is kept. In a process where JAX already runs (a test, a notebook)
+    nothing changes.
+    """
+    from .train.parallel import _COUNT_FLAG, set_cpu_device_count
+
+    if _COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
+        return
+    value = os.environ.get("GALJAX_CPU_DEVICES", "").strip()
+    try:
+        n = int(value) if value else None
+    except ValueError:
+        raise SystemExit(
+            f"GALJAX_CPU_DEVICES: expected a positive integer, got {value!r}"
+        ) from None
+    try:
+        set_cpu_device_count(n)
+    except ValueError as err:
+        raise SystemExit(f"GALJAX_CPU_DEVICES: {err}") from err
+    except RuntimeError:
+        pass  # JAX is already running in this process: keep its devices
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``galjax`` console script."""
     args = build_parser().parse_args(argv)
+    if args.func is _deblend:
+        _use_cpu_cores()
     _enable_compilation_cache()
     return args.func(args)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -599,9 +600,14 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
         each chunk's fluxes (:func:`debias_fluxes`).
       max_sources: refuse more than this many sources per field.
       on_chunk: called as ``on_chunk(start, result)`` with numpy results after each
-        chunk, e.g. to write them so a long run never loses finished fields.
-      mesh: optional 1-D ``jax.sharding.Mesh``; by default all local devices are
-        used when there are several. Each chunk is sharded over the mesh.
+        chunk, e.g. to write them so a long run never loses finished fields. With
+        several CPU devices chunks finish out of order; the calls come from the
+        worker threads, one at a time.
+      mesh: optional 1-D ``jax.sharding.Mesh``: each chunk is sharded over it (the
+        fields of a chunk then run in step). By default all local devices are used
+        when there are several: accelerators through such a mesh; CPU devices (see
+        :func:`galjax.set_cpu_device_count`) each get a worker thread that solves
+        its own chunks, so every field stops on its own. The results are the same.
       progress: tqdm progress bar over chunks.
 
     Returns:
@@ -618,12 +624,14 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
         model, fields, positions, mask, sigma, ivar, psf, max_sources
     )
     n = fields.shape[0]
-    if mesh is None and jax.local_device_count() > 1:
+    cpu = jax.default_backend() == "cpu"
+    # Several CPU devices: one worker thread per device, each solving whole chunks.
+    workers = jax.local_devices() if mesh is None and cpu and jax.local_device_count() > 1 else []
+    if mesh is None and not workers and jax.local_device_count() > 1:
         from .train.parallel import data_mesh
 
         mesh = data_mesh()
     n_dev = 1 if mesh is None else mesh.devices.size
-    cpu = jax.default_backend() == "cpu"
     chunk = config.chunk or (1 if cpu else 256)
     group = None if mesh is not None else (config.group or (1 if cpu else None))
     chunk = min(chunk, n)
@@ -637,8 +645,11 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
     bias = (model.meta or {}).get("flux_bias") if config.debias else None
     per_field_psf = psf is not None and psf.ndim == 4
     psf_arr = None if psf is None or per_field_psf else jnp.asarray(psf)
-    outs = []
-    for start in tqdm(range(0, n, chunk), desc="deblending", unit="chunk", disable=not progress):
+    starts = list(range(0, n, chunk))
+    bar = tqdm(total=len(starts), desc="deblending", unit="chunk", disable=not progress)
+    report = threading.Lock()  # on_chunk and the bar: one call at a time
+
+    def solve(start, params, device=None):
         sl = slice(start, min(start + chunk, n))
         m = sl.stop - sl.start
         # Only the chunk's real sources are solved: padded slots cost as much as real ones.
@@ -652,17 +663,70 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
             from .train.parallel import shard_batch
 
             batch = shard_batch(batch, mesh)
+        elif device is not None:
+            batch = jax.device_put(batch, device)
         if not per_field_psf:
-            batch = [*batch, psf_arr]
+            batch = [*batch, psf_arr if device is None else jax.device_put(psf_arr, device)]
         res = _deblend_chunk(params, *batch, static, group, hyper)
         res = jax.tree.map(lambda a, m=m: np.asarray(a)[:m], res)
         res = _restore_slots(res, slots, mask[sl])
         if bias is not None:
             res = jax.tree.map(np.asarray, debias_fluxes(res, ivar[sl], bias))
-        if on_chunk is not None:
-            on_chunk(start, res)
-        outs.append(res)
+        with report:
+            if on_chunk is not None:
+                on_chunk(start, res)
+            bar.update(1)
+        return res
+
+    try:
+        if workers:
+            outs = _run_workers(solve, starts, params, workers)
+        else:
+            outs = [solve(start, params) for start in starts]
+    finally:
+        bar.close()
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+
+
+def _run_workers(solve, starts, params, devices):
+    """``[solve(start, params_on_device, device) for start in starts]`` on worker threads.
+
+    One thread per device pulls the next chunk from a shared queue, so a device that
+    finishes early takes more chunks. JAX releases the GIL while a device computes,
+    and each CPU device runs its own chunk: ``n`` devices keep ``n`` cores busy even
+    though one field's small convolutions gain nothing from several threads. The
+    first exception stops the other workers and is raised here.
+    """
+    todo = iter(enumerate(starts))
+    take = threading.Lock()
+    outs = [None] * len(starts)
+    errors = []
+
+    def work(device):
+        local = jax.device_put(params, device)
+        while not errors:
+            with take:
+                item = next(todo, None)
+            if item is None:
+                return
+            i, start = item
+            try:
+                outs[i] = solve(start, local, device)
+            except BaseException as err:  # re-raised in the calling thread
+                errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(d,), daemon=True) for d in devices]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException as err:  # e.g. KeyboardInterrupt: the workers stop after their chunk
+        errors.append(err)
+        raise
+    if errors:
+        raise errors[0]
+    return outs
 
 
 def _slot_bucket(k: int, n_max: int) -> int:

@@ -216,3 +216,20 @@ def test_deblend_demo_prints_the_metric_table(tmp_path, capsys):
     values = [float(v) for v in re.findall(r"([0-9.]+)%", line)]
     assert len(values) == 2 and all(np.isfinite(values)) and values[0] < values[1]
     assert (out / "catalog.ecsv").exists() and (out / "summary.png").stat().st_size > 0
+
+
+def test_deblend_cpu_devices_setting(monkeypatch, tmp_path):
+    import jax
+
+    from galjax.cli import _use_cpu_cores
+
+    jax.devices()  # JAX runs in this process from here on
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    for bad in ("zero", "0"):
+        monkeypatch.setenv("GALJAX_CPU_DEVICES", bad)
+        with pytest.raises(SystemExit, match="GALJAX_CPU_DEVICES"):
+            main(["deblend", "--demo", "--out", str(tmp_path)])
+    # JAX already runs in this process: its devices are kept, nothing is raised.
+    monkeypatch.setenv("GALJAX_CPU_DEVICES", "3")
+    _use_cpu_cores()
+    assert len(jax.devices("cpu")) != 3 or jax.device_count() == 3

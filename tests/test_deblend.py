@@ -239,28 +239,54 @@ def test_bad_inputs(model, scene):
     assert np.all(np.isfinite(res.latents))
 
 
+def test_set_cpu_device_count_in_a_running_process():
+    import galjax
+
+    have = len(jax.devices("cpu"))
+    assert galjax.set_cpu_device_count(have) == have  # nothing to change
+    with pytest.raises(RuntimeError, match="before the first JAX computation"):
+        galjax.set_cpu_device_count(have + 1)
+    with pytest.raises(ValueError, match="n"):
+        galjax.set_cpu_device_count(0)
+
+
 def test_sharded_run_equals_single_device(tmp_path):
     code = textwrap.dedent(
         """
         import os, sys
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_dump_to=/x"
+        import galjax, jax, numpy as np
+        assert galjax.set_cpu_device_count(4) == 4
+        assert os.environ["XLA_FLAGS"].split() == [
+            "--xla_dump_to=/x", "--xla_force_host_platform_device_count=4"]
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-        import jax, numpy as np
         sys.path.insert(0, %r)
         from test_deblend import CFG, FLOW
         from galjax.deblend import DeblendConfig, deblend
         from galjax.models import GalaxyModel, init_flow, init_vae
+        from galjax.train import data_mesh
         assert jax.device_count() == 4
         k = jax.random.key(3)
         model = GalaxyModel(CFG, init_vae(k, CFG), FLOW, init_flow(k, FLOW))
         rng = np.random.default_rng(0)
-        fields = rng.normal(size=(6, 24, 24, 1)).astype(np.float32)
-        pos = rng.uniform(4, 19, size=(6, 2, 2)).astype(np.float32)
-        cfg = DeblendConfig(n_steps=20, chunk=4)
-        a = deblend(model, fields, pos, sigma=1.0, config=cfg, progress=False)
+        fields = rng.normal(size=(10, 24, 24, 1)).astype(np.float32)
+        pos = rng.uniform(4, 19, size=(10, 2, 2)).astype(np.float32)
         mesh1 = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-        b = deblend(model, fields, pos, sigma=1.0, config=cfg, mesh=mesh1, progress=False)
-        np.testing.assert_allclose(a.latents, b.latents, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(a.fluxes, b.fluxes, rtol=1e-5, atol=1e-5)
+        for chunk in (1, 4):
+            cfg = DeblendConfig(n_steps=20, chunk=chunk)
+            seen = []
+            # Several CPU devices: a worker thread per device, chunks out of order.
+            a = deblend(model, fields, pos, sigma=1.0, config=cfg, progress=False,
+                        on_chunk=lambda start, r: seen.append((start, len(r.fluxes))))
+            assert sorted(seen) == [(s, min(chunk, 10 - s)) for s in range(0, 10, chunk)]
+            b = deblend(model, fields, pos, sigma=1.0, config=cfg, mesh=mesh1, progress=False)
+            # An explicit mesh over all four: each chunk sharded, its fields in step.
+            c = deblend(model, fields, pos, sigma=1.0, config=cfg, mesh=data_mesh(),
+                        progress=False)
+            for r in (a, c):
+                np.testing.assert_allclose(r.latents, b.latents, rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(r.fluxes, b.fluxes, rtol=1e-5, atol=1e-5)
+                np.testing.assert_array_equal(r.n_iter, b.n_iter)
         print("OK")
         """.replace("%r", repr(os.path.dirname(__file__)))
     )

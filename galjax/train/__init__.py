@@ -21,7 +21,7 @@ devices with JAX sharding (:mod:`galjax.train.parallel`).
 from galjax.train.checkpoint import load_checkpoint_metadata, restore_checkpoint, save_checkpoint
 from galjax.train.config import TrainConfig
 from galjax.train.loop import fit
-from galjax.train.parallel import data_mesh, replicate, shard_batch
+from galjax.train.parallel import data_mesh, replicate, set_cpu_device_count, shard_batch
 from galjax.train.state import TrainState, init_state, make_eval_step, make_train_step
 
 __all__ = [
@@ -37,4 +37,5 @@ __all__ = [
     "restore_checkpoint",
     "save_checkpoint",
     "shard_batch",
+    "set_cpu_device_count",
 ]
