@@ -232,4 +232,3 @@ def test_deblend_cpu_devices_setting(monkeypatch, tmp_path):
     # JAX already runs in this process: its devices are kept, nothing is raised.
     monkeypatch.setenv("GALJAX_CPU_DEVICES", "3")
     _use_cpu_cores()
-    assert len(jax.devices("cpu")) != 3 or jax.device_count() == 3
