@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from _common import RESULTS_DIR, format_table, machine_info, write_json
 
+from galjax import set_cpu_device_count
 from galjax.baselines import fit_scene, segmentation_fluxes
 from galjax.deblend import (
     DeblendConfig,
@@ -116,7 +117,10 @@ def main():
         help="galjax alone for each value of a DeblendConfig field, e.g. "
         "prior_weight=0,0.01,0.1,1 (use a validation --seed, not 2024)",
     )
+    ap.add_argument("--cpu-devices", type=int, default=None,
+                    help="CPU devices for deblend() (default: one per core)")  # fmt: skip
     args = ap.parse_args()
+    set_cpu_device_count(args.cpu_devices)  # before the first JAX computation
     if args.sweep:
         _sweep(args)
         return
@@ -315,6 +319,7 @@ def _finish(args, survey, cfg, results, rows):
         "n_fields": args.n,
         "survey": survey.name,
         "n_sources_per_field": "1-4 (uniform), min separation 4 px",
+        "cpu_devices": jax.local_device_count(),
         "snr_cut": 10,
         "deblend_config": cfg.to_dict(),
         "model": str(args.model or default_model_dir("lsst_r")),
