@@ -625,8 +625,10 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
     )
     n = fields.shape[0]
     cpu = jax.default_backend() == "cpu"
-    # Several CPU devices: one worker thread per device, each solving whole chunks.
-    workers = jax.local_devices() if mesh is None and cpu and jax.local_device_count() > 1 else []
+    # Several CPU devices in one process: one worker thread per device, each solving
+    # whole chunks (multi-host runs shard every chunk over the global mesh instead).
+    threads = mesh is None and cpu and jax.local_device_count() > 1 and jax.process_count() == 1
+    workers = jax.local_devices() if threads else []
     if mesh is None and not workers and jax.local_device_count() > 1:
         from .train.parallel import data_mesh
 
