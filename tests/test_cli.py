@@ -1,7 +1,6 @@
 """The ``galjax`` command line."""
 
 import dataclasses
-import re
 
 import numpy as np
 import pytest
@@ -205,17 +204,6 @@ def test_survey_overrides_for_training():
     for bad in (["nope=1"], ["mag_min"], ["mag_min=abc"], ["sky_sigma=1,1"], ["name=x"]):
         with pytest.raises(SystemExit, match="--survey-set"):
             _override_survey(HSC, bad)
-
-
-def test_deblend_demo_prints_the_metric_table(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["deblend", "--demo", "--n", "5", "--steps", "5", "--out", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "galjax (MAP, flow prior)" in text and "no deblending (segments)" in text
-    line = next(s for s in text.splitlines() if "MADNESS's protocol" in s)
-    values = [float(v) for v in re.findall(r"([0-9.]+)%", line)]
-    assert len(values) == 2 and all(np.isfinite(values)) and values[0] < values[1]
-    assert (out / "catalog.ecsv").exists() and (out / "summary.png").stat().st_size > 0
 
 
 def test_deblend_cpu_devices_setting(monkeypatch, tmp_path):
