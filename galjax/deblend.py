@@ -1171,8 +1171,6 @@ def evaluate_apertures(models, residual, field, noiseless, true_sources, mask, a
       mean/median ``|dF/F|`` over all, over blended galaxies, and for no deblending,
       with the number removed by the contamination cut.
     """
-    from .metrics import elliptical_aperture_flux
-
     models = np.asarray(models)[..., band : band + 1]
     n, n_max = models.shape[:2]
     x, y, a, b, t = (np.broadcast_to(np.asarray(v, np.float32), (n, n_max)) for v in apertures)
@@ -1187,7 +1185,7 @@ def evaluate_apertures(models, residual, field, noiseless, true_sources, mask, a
     if f.size == 0:
         raise ValueError("mask: no source passes the selection; nothing to measure")
     ap = tuple(jnp.asarray(v[f, s]) for v in (x, y, a, b, t))
-    measure = jax.jit(jax.vmap(lambda img, *e: elliptical_aperture_flux(img, *e, subsample)))
+    measure = functools.partial(_aperture_fluxes, subsample=subsample)
     deb = np.asarray(measure(jnp.asarray(residual[f] + models[f, s]), *ap))[:, 0]
     true = np.asarray(measure(jnp.asarray(noise[f] + sources[f, s]), *ap))[:, 0]
     blend = np.asarray(measure(jnp.asarray(field[f]), *ap))[:, 0]
@@ -1211,6 +1209,16 @@ def evaluate_apertures(models, residual, field, noiseless, true_sources, mask, a
         if blended.any() else None,
     }  # fmt: skip
     return {"dflux": dflux, "dflux_blended": dblend, "blended": blended, "summary": summary}
+
+
+@functools.partial(jax.jit, static_argnames="subsample")
+def _aperture_fluxes(images, x, y, a, b, theta, subsample):
+    """:func:`galjax.metrics.elliptical_aperture_flux` vmapped over ``(n, h, w, bands)``
+    images and their apertures; compiled once per shape, not once per call."""
+    from .metrics import elliptical_aperture_flux
+
+    one = lambda img, *e: elliptical_aperture_flux(img, *e, subsample)  # noqa: E731
+    return jax.vmap(one)(images, x, y, a, b, theta)
 
 
 def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, ivar, psf=None,

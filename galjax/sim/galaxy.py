@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import check_finite, check_positive, check_range
-from .profiles import SERSIC_N_RANGE, gaussian_sb, pixelate, sersic_sb
+from .profiles import SERSIC_N_RANGE, gaussian_sb, pixelate, q_beta_from_e, sersic_sb
 from .psf import convolve_fft
 
 __all__ = [
@@ -175,9 +175,9 @@ def half_light_ellipse(params: GalaxyParams, band: int = 0):
     """
 
     def axes(hlr, e1, e2):
-        g = jnp.minimum(jnp.hypot(e1, e2), 0.99)
-        k = jnp.sqrt((1.0 + g) / (1.0 - g))
-        return hlr * k, hlr / k, 0.5 * jnp.arctan2(e2, e1)
+        q, beta = q_beta_from_e(e1, e2)
+        k = 1.0 / jnp.sqrt(jnp.maximum(q, 0.01 / 1.99))  # |e| <= 0.99
+        return hlr * k, hlr / k, beta
 
     disk = axes(params.disk_hlr, params.disk_e1, params.disk_e2)
     bulge = axes(params.bulge_hlr, params.bulge_e1, params.bulge_e2)
