@@ -6,6 +6,12 @@ PSFs, in one vmapped call (scenes zero-padded to a common shape with zero weight
 outside the data, one PSF per field). Images are put in noise units per band
 (divided by the median noise std), the units the model was trained in.
 
+Stars: a first run models every source as a galaxy; sources that
+:func:`galjax.deblend.point_source_test` finds better fitted as a point source
+(``dchi2 > 0``) are then deblended again as point sources (the PSF times a flux
+per band at a fitted sub-pixel offset), all sources together (``--no-point-sources``:
+galaxies only).
+
 Reported per scene: residual chi^2 per pixel (all bands, usable pixels), per band,
 and for comparison the chi^2 of no model (the data alone) and of a parametric fit
 (one Sersic per source with the same PSFs, :func:`galjax.baselines.fit_scene`).
@@ -22,11 +28,18 @@ import dataclasses
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from _common import RESULTS_DIR, format_table, machine_info, write_json
 
 from galjax.baselines import fit_scene
-from galjax.deblend import DeblendConfig, deblend, laplace_flux_errors, pad_fields
+from galjax.deblend import (
+    DeblendConfig,
+    deblend,
+    laplace_flux_errors,
+    pad_fields,
+    point_source_test,
+)
 from galjax.detect import detect
 from galjax.io import load_hsc_fits, load_hsc_npz
 from galjax.models import default_model_dir, load_model
@@ -127,6 +140,8 @@ def main():
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--prior-weight", type=float, default=None,
                     help="DeblendConfig.prior_weight (default: the library's)")  # fmt: skip
+    ap.add_argument("--no-point-sources", action="store_true",
+                    help="model every source as a galaxy (no point-source test)")  # fmt: skip
     ap.add_argument("--out", default="deblend_hsc", help="name of the results JSON and figure")
     args = ap.parse_args()
     model = load_model(args.model or default_model_dir("hsc"))
@@ -138,6 +153,17 @@ def main():
         cfg = dataclasses.replace(cfg, prior_weight=args.prior_weight)
     t0 = time.perf_counter()
     res = deblend(model, fields, pos, mask, ivar=ivar, psf=psfs, config=cfg)
+    galaxies_only = res
+    dchi2 = np.zeros(mask.shape, np.float32)
+    if not args.no_point_sources:
+        dchi2 = np.stack([
+            np.asarray(point_source_test(jax.tree.map(lambda a, i=i: a[i], res), fields[i],
+                                         ivar[i], psfs[i], pos[i]))
+            for i in range(len(names))
+        ])  # fmt: skip
+        if np.any(dchi2 > 0):
+            res = deblend(model, fields, pos, mask, ivar=ivar, psf=psfs, config=cfg,
+                          point=dchi2 > 0)  # fmt: skip
     t_deblend = time.perf_counter() - t0
     flux_err = laplace_flux_errors(model, res, pos, ivar, psf=psfs)
     sigma = np.where(ivar > 0, 1.0 / np.sqrt(np.maximum(ivar, 1e-12)), 1e6).astype(np.float32)
@@ -152,6 +178,7 @@ def main():
     rows, per_scene = [], {}
     for i, n in enumerate(names):
         c_gal, c_gal_b = chi2_stats(fields[i] - res.models[i].sum(0), ivar[i])
+        c_gal_only, _ = chi2_stats(fields[i] - galaxies_only.models[i].sum(0), ivar[i])
         c_none, _ = chi2_stats(fields[i], ivar[i])
         c_par, _ = chi2_stats(fields[i] - param_models[i], ivar[i])
         k = int(mask[i].sum())
@@ -161,14 +188,21 @@ def main():
             "positions_from": scenes[n]["positions_from"],
             "noise_std_per_band": scenes[n]["sigma_b"],
             "chi2_galjax": c_gal, "chi2_galjax_per_band": c_gal_b,
+            "chi2_galjax_galaxies_only": c_gal_only,
+            "point_sources": np.flatnonzero(np.asarray(res.point[i])[: k]).tolist(),
+            "point_source_dchi2": dchi2[i][mask[i]],
             "chi2_no_model": c_none, "chi2_parametric_sersic": c_par,
             "n_iter": int(res.n_iter[i]), "converged": bool(res.converged[i]),
             "fluxes_noise_units": res.fluxes[i][mask[i]],
             "median_flux_snr": float(np.median(snr_flux)),
         }  # fmt: skip
-        rows.append({"scene": n, "n": k, "galjax": c_gal, "param": c_par, "none": c_none})
+        rows.append({"scene": n, "n": k, "stars": int(np.asarray(res.point[i]).sum()),
+                     "galjax": c_gal, "gal_only": c_gal_only, "param": c_par,
+                     "none": c_none})  # fmt: skip
     print(format_table(rows, [("scene", "scene", "s"), ("n", "sources", "d"),
-                              ("galjax", "chi2 galjax", ".2f"), ("param", "chi2 Sersic", ".2f"),
+                              ("stars", "point sources", "d"), ("galjax", "chi2 galjax", ".2f"),
+                              ("gal_only", "chi2 galaxies only", ".2f"),
+                              ("param", "chi2 Sersic", ".2f"),
                               ("none", "chi2 no model", ".1f")]))  # fmt: skip
     figure(names, fields, res.models.sum(1), ivar, pos, mask, RESULTS_DIR / f"{args.out}.png")
     write_json(RESULTS_DIR / f"{args.out}.json", {
@@ -176,7 +210,7 @@ def main():
         "machine": machine_info(),
         "model": str(args.model or default_model_dir("hsc")),
         "model_recipes": model.meta.get("recipes"),
-        "config": cfg.to_dict(),
+        "config": cfg.to_dict() | {"point_sources": not args.no_point_sources},
         "time_s": {"galjax_deblend_incl_compile": t_deblend, "parametric": t_param},
         "scenes": per_scene,
     })  # fmt: skip

@@ -310,7 +310,8 @@ def _train(args) -> int:
 
 
 def _read_positions(path, n_fields, max_sources):
-    """Positions table (ECSV/FITS: columns x, y and optionally field) -> padded arrays."""
+    """Positions table (ECSV/FITS: columns x, y, optionally field and point) -> padded
+    ``(positions, mask, point)`` (``point`` None without the column)."""
     from .io import read_table
 
     t = read_table(path)
@@ -328,12 +329,16 @@ def _read_positions(path, n_fields, max_sources):
         )
     pos = np.zeros((n_fields, n_max, 2), np.float32)
     mask = np.zeros((n_fields, n_max), bool)
+    point = np.zeros((n_fields, n_max), bool)
+    is_point = np.asarray(t["point"], bool) if "point" in t.colnames else np.zeros(len(t), bool)
     slot = np.zeros(n_fields, int)
-    for f, x, y in zip(field, np.asarray(t["x"], float), np.asarray(t["y"], float), strict=True):
+    xs, ys = np.asarray(t["x"], float), np.asarray(t["y"], float)
+    for f, x, y, pt in zip(field, xs, ys, is_point, strict=True):
         pos[f, slot[f]] = (x, y)
         mask[f, slot[f]] = True
+        point[f, slot[f]] = pt
         slot[f] += 1
-    return pos, mask
+    return pos, mask, (point if "point" in t.colnames else None)
 
 
 def _write_deblend_outputs(out, res, flux_err, positions, bands, field_image, sigma, title):
@@ -354,12 +359,14 @@ def _write_deblend_outputs(out, res, flux_err, positions, bands, field_image, si
     for b, name in enumerate(bands):
         t[f"flux_{name}"] = res.fluxes[field, source, b]
         t[f"flux_err_{name}"] = flux_err[field, source, b]
+    t["point"] = res.point[field, source]
     t["chi2"] = res.chi2[field]
     t["converged"] = res.converged[field]
     t["n_iter"] = res.n_iter[field]
     t.meta["comments"] = [
         "x, y: 0-based pixels, (x, y) = (column, row), pixel centres at integers",
         "flux: sum of the source's model image inside the field; flux_err: Laplace 1-sigma",
+        "point: modelled as a point source (the PSF times a flux per band) instead of a galaxy",
         "chi2: residual chi^2 per unmasked pixel of the field",
         "models.fits row = field * n_max + source",
     ]
@@ -383,6 +390,8 @@ def _write_deblend_outputs(out, res, flux_err, positions, bands, field_image, si
 
 
 def _deblend(args) -> int:
+    import functools
+
     import jax
 
     from .deblend import (
@@ -413,7 +422,7 @@ def _deblend(args) -> int:
     if args.demo:
         survey = Survey.from_dict(model.meta["survey"])
         f = simulate_fields(jax.random.key(args.seed), args.n, survey, n_max=args.max_sources)
-        fields, positions, mask = f.image, f.positions, f.mask
+        fields, positions, mask, point = f.image, f.positions, f.mask, None
         sigma = np.sqrt(noise_variance(fields, np.asarray(survey.sky_sigma), survey.gain))
         truth = f
         title = f"galjax deblend --demo: {args.n} simulated {survey.name} fields"
@@ -436,7 +445,8 @@ def _deblend(args) -> int:
             raise SystemExit("--sigma/--variance: give the noise (std or a variance FITS)")
         psf = read_fits(args.psf).data if args.psf else None
         if args.positions:
-            positions, mask = _read_positions(args.positions, len(fields), args.max_sources)
+            positions, mask, point = _read_positions(args.positions, len(fields),
+                                                     args.max_sources)  # fmt: skip
         else:
             from .detect import detect
 
@@ -444,6 +454,7 @@ def _deblend(args) -> int:
                 raise SystemExit("--psf: detection (no --positions) needs the PSF")
             det = detect(fields, psf, sigma, max_peaks=args.max_sources)
             positions, mask = np.asarray(det.positions), np.asarray(det.mask)
+            point = None
             print(f"detected {int(mask.sum())} sources in {len(fields)} fields")
         title = f"galjax deblend: {args.fields}"
     chunk_dir = out / "chunks"
@@ -453,19 +464,28 @@ def _deblend(args) -> int:
         np.savez(chunk_dir / f"chunk_{start:08d}.npz", **r._asdict())
 
     psf_arg = None if not model.vae_config.psf_explicit else read_fits(args.psf).data
-    res = deblend(
-        model,
-        fields,
-        positions,
-        mask,
-        sigma=sigma,
-        psf=psf_arg,
-        config=cfg,
-        max_sources=args.max_sources,
-        on_chunk=save_chunk,
-        progress=not args.quiet,
-    )
+    if args.find_stars and psf_arg is None:
+        raise SystemExit("--find-stars: needs a model that draws sources before the PSF, and --psf")
+    run = functools.partial(deblend, model, fields, positions, mask, sigma=sigma, psf=psf_arg,
+                            config=cfg, max_sources=args.max_sources, on_chunk=save_chunk,
+                            progress=not args.quiet)  # fmt: skip
+    res = run(point=point)
     ivar = 1.0 / np.asarray(sigma, np.float32) ** 2
+    if args.find_stars:
+        from ._checks import check_psf
+        from .deblend import point_source_test
+
+        psf_b = np.asarray(check_psf("psf", psf_arg, bands=fields.shape[-1]))
+        test = jax.jit(point_source_test)
+        dchi2 = np.stack([np.asarray(test(jax.tree.map(lambda a, i=i: a[i], res), fields[i],
+                                          ivar[i], psf_b, np.asarray(positions)[i]))
+                          for i in range(len(fields))])  # fmt: skip
+        found = (dchi2 > 0) | (np.zeros_like(dchi2, bool) if point is None else point)
+        print(
+            f"point-source test: {int(found.sum())} of {int(np.sum(mask))} sources are "
+            "better fitted as point sources; deblending again"
+        )
+        res = run(point=found)
     flux_err = laplace_flux_errors(model, res, np.asarray(positions), ivar, psf_arg)
     _write_deblend_outputs(
         out, res, flux_err, np.asarray(positions), bands, fields, np.asarray(sigma), title
@@ -583,7 +603,17 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--n", type=int, default=64, help="fields to simulate with --demo")
     db.add_argument("--seed", type=int, default=0, help="seed of the --demo fields")
     db.add_argument("--fields", help="FITS image or stack (n, bands, h, w) of fields")
-    db.add_argument("--positions", help="ECSV/FITS table with x, y (0-based) and field")
+    db.add_argument(
+        "--positions",
+        help="ECSV/FITS table with x, y (0-based), optionally field and point (bool: a point "
+        "source, e.g. a star, drawn as the PSF times a flux per band)",
+    )
+    db.add_argument(
+        "--find-stars",
+        action="store_true",
+        help="after a first run, deblend again with the sources that a point source fits "
+        "better (galjax.deblend.point_source_test) as point sources (explicit-PSF models)",
+    )
     db.add_argument("--sigma", type=float, help="noise std per pixel (same for all)")
     db.add_argument("--variance", help="FITS variance map(s), same shape as the fields")
     db.add_argument("--psf", help="FITS PSF (psf_h, psf_w) or (bands, psf_h, psf_w)")

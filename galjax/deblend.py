@@ -47,6 +47,9 @@ __all__ = [
     "deblend",
     "deblend_field",
     "render_sources",
+    "point_stamps",
+    "point_latents",
+    "point_source_test",
     "shift_stamp",
     "laplace",
     "evaluate",
@@ -179,7 +182,9 @@ class DeblendResult(NamedTuple):
         by the flux refit (1 without it): ``models = amplitudes * render(latents)``.
       prior_weights: ``(n, n_max)`` each source's weight of ``-log p(z)`` in the
         objective (:class:`DeblendConfig` ``prior_weight`` / ``prior_weight_faint``);
-        :func:`laplace` uses the same weights.
+        :func:`laplace` uses the same weights (0 for point sources).
+      point: ``(n, n_max)`` True for the sources modelled as point sources; their
+        ``latents`` hold the log fluxes and offsets of :func:`point_stamps`.
     """
 
     models: jax.Array
@@ -193,6 +198,7 @@ class DeblendResult(NamedTuple):
     mask: jax.Array
     amplitudes: jax.Array
     prior_weights: jax.Array
+    point: jax.Array
 
 
 def shift_stamp(stamp, shift):
@@ -207,37 +213,150 @@ def shift_stamp(stamp, shift):
     return out[:s, :s]
 
 
-def render_sources(vae_params, vae_config, z, positions, mask, height: int, width: int, psf=None):
+_POINT_STEP = 0.2  # point-source parameters per latent unit (see point_stamps)
+
+
+def point_stamps(z, bands: int, size: int):
+    """Point sources before the PSF: ``(n, size, size, bands)`` stamps and ``(n, 2)`` offsets.
+
+    A point source (a star, or a galaxy too small to resolve) is a delta function
+    with one flux per band at a sub-pixel offset from its position; the delta sits
+    on the stamp's central pixel ``(size - 1) // 2`` (the position, as for decoded
+    galaxies) and the offset is applied after the PSF, with the position's own
+    sub-pixel shift (a delta is not band-limited: shifting it alone by a Fourier
+    phase ramp rings). Its parameters live in the latent slots:
+
+        flux_b = exp(c z_b)  (b < bands),   (dx, dy) = 1.5 tanh(c z_[bands:bands+2] / 1.5)
+
+    (fluxes in the field's units; offsets in pixels, within 1.5 of the position;
+    ``c = 0.2``, so that an Adam step of the deblender's learning rate, 0.05 in ``z``,
+    moves a star by 0.01 pixel or 1 % in flux: a bright star's chi^2 is steep). The
+    other latent entries are unused. Needs ``d >= bands + 2``.
+    """
+    c = (size - 1) // 2
+    delta = jnp.zeros((size, size, bands), z.dtype).at[c, c].set(1.0)
+    flux = jnp.exp(jnp.minimum(_POINT_STEP * z[:, :bands], 40.0))
+    offset = 1.5 * jnp.tanh(_POINT_STEP * z[:, bands : bands + 2] / 1.5)
+    return delta[None] * flux[:, None, None, :], offset
+
+
+def point_latents(field, positions, psf, latent_dim: int):
+    """Initial point-source parameters ``(n_max, latent_dim)`` (see :func:`point_stamps`).
+
+    Each band's flux starts at the field's value at the (rounded) position divided by
+    the PSF's central value, at least 1e-3 (a star fainter than the noise then
+    grows from there), and the offset at 0.
+    """
+    h, w, bands = field.shape
+    ix = jnp.clip(jnp.round(positions[:, 0]).astype(jnp.int32), 0, w - 1)
+    iy = jnp.clip(jnp.round(positions[:, 1]).astype(jnp.int32), 0, h - 1)
+    peak = psf[psf.shape[0] // 2, psf.shape[1] // 2]  # (bands,)
+    flux = jnp.maximum(field[iy, ix] / jnp.maximum(peak, 1e-12)[None], 1e-3)
+    return (
+        jnp.zeros((positions.shape[0], latent_dim), field.dtype)
+        .at[:, :bands]
+        .set(jnp.log(flux) / _POINT_STEP)
+    )
+
+
+def render_sources(vae_params, vae_config, z, positions, mask, height: int, width: int, psf=None,
+                   point=None):  # fmt: skip
     """Decode latents and place each source in the field: ``(n_max, h, w, bands)``.
 
     Args:
       z: ``(n_max, latent_dim)``; positions: ``(n_max, 2)`` (x, y); mask ``(n_max,)``.
       psf: effective PSF for explicit-PSF models (ignored otherwise).
+      point: ``(n_max,)`` bool, sources drawn as point sources (:func:`point_stamps`)
+        instead of decoded galaxies (explicit-PSF models only); None: none.
     """
-    stamps, _ = decode(vae_params, vae_config, z)
-    if vae_config.psf_explicit:
+    offsets = None
+    if point is None:
+        stamps, _ = decode(vae_params, vae_config, z)
+    else:
+        stamps, _ = decode(vae_params, vae_config, jnp.where(point[:, None], 0.0, z))
+        stars, offsets = point_stamps(z, vae_config.bands, vae_config.stamp_size)
+        stamps = jnp.where(point[:, None, None, None], stars, stamps)
+        offsets = jnp.where(point[:, None], offsets, 0.0)
+    return _place_stamps(stamps, positions, mask, height, width,
+                         psf if vae_config.psf_explicit else None, offsets)  # fmt: skip
+
+
+def _place_stamps(stamps, positions, mask, height: int, width: int, psf=None, offsets=None):
+    """Convolve ``(n, s, s, bands)`` stamps with ``psf`` (if given), shift each by its
+    position's sub-pixel part (plus ``offsets (n, 2)`` pixels, if given) and place it in
+    an empty field: ``(n, h, w, bands)``."""
+    if psf is not None:
         stamps = convolve_fft(stamps, psf)
     frac = positions - jnp.round(positions)
+    if offsets is not None:
+        frac = frac + offsets
     stamps = jax.vmap(shift_stamp)(stamps, frac)
     place = lambda st, p: place_stamp(st, p[0], p[1], height, width)
     placed = jax.vmap(place)(stamps, positions)
     return placed * mask.astype(placed.dtype)[:, None, None, None]
 
 
-def _objective(z, arrays, static, weights=None):
+def point_source_test(result: DeblendResult, field, ivar, psf, positions, max_offset: float = 1.0,
+                      n_grid: int = 9):  # fmt: skip
+    """How much better each source is fitted as a point source: ``dchi2 (n_max,)``.
+
+    For source ``i`` with model ``m_i`` in a deblended field, the data with the other
+    sources removed is ``t = residual + m_i``. A point source ``F_b P_b(x_i + d)`` (the
+    PSF at the position plus an offset ``d`` on an ``n_grid x n_grid`` grid within
+    ``max_offset`` pixels, the fluxes ``F_b >= 0`` by weighted least squares) is fitted to
+    ``t``, and
+
+        dchi2_i = sum_p w_p residual_p^2 - min_d sum_p w_p (t_p - F_b P_b(x_i + d)_p)^2.
+
+    ``dchi2 > 0``: the point source, with ``bands + 2`` parameters against the
+    galaxy's latents, fits better, e.g. a star the galaxy decoder cannot draw.
+    Deblend again with ``point=dchi2 > 0`` (:func:`deblend`). Masked sources get 0.
+    Pure, one field (``vmap`` for many, with ``in_axes=(0, 0, 0, None or 0, 0)``).
+
+    Args:
+      result: one field's :class:`DeblendResult` (no field axis).
+      field, ivar: ``(h, w, bands)`` data and inverse variance.
+      psf: ``(ph, pw, bands)`` the field's PSF (odd sizes, unit sum per band).
+      positions: ``(n_max, 2)`` the positions ``(x, y)`` that were deblended.
+    """
+    h, w, bands = field.shape
+    size = psf.shape[0] + 4 + 2 * int(np.ceil(max_offset))
+    size += 1 - size % 2
+    grid = jnp.linspace(-max_offset, max_offset, n_grid, dtype=field.dtype)
+    offsets = jnp.stack(jnp.meshgrid(grid, grid), -1).reshape(-1, 2)  # (k, 2)
+    k = offsets.shape[0]
+    unit, _ = point_stamps(jnp.zeros((k, bands + 2), field.dtype), bands, size)  # unit fluxes
+    chi2_gal = jnp.sum(ivar * result.residual**2)
+
+    def one(model_i, pos_i, mask_i):
+        t = (result.residual + model_i)[None]
+        tmpl = _place_stamps(unit, jnp.broadcast_to(pos_i, (k, 2)), jnp.ones(k, bool), h, w, psf,
+                             offsets)  # fmt: skip
+        wt = ivar[None] * tmpl
+        flux = jnp.maximum(
+            jnp.sum(wt * t, axis=(1, 2)) / jnp.maximum(jnp.sum(wt * tmpl, axis=(1, 2)), 1e-30), 0.0
+        )  # (k, bands)
+        chi2 = jnp.sum(ivar[None] * (t - flux[:, None, None, :] * tmpl) ** 2, axis=(1, 2, 3))
+        return jnp.where(mask_i, chi2_gal - jnp.min(chi2), 0.0)
+
+    return jax.lax.map(lambda a: one(*a), (result.models, positions, result.mask))
+
+
+def _objective(z, arrays, static, weights=None, point=None):
     """The MAP objective; ``weights`` ``(n_max,)`` per-source prior weights (default
-    ``cfg.prior_weight`` for all)."""
+    ``cfg.prior_weight`` for all); ``point`` ``(n_max,)`` point sources (no prior)."""
     vae_params, flow_params, field, positions, mask, ivar, psf = arrays
     vae_config, flow_config, cfg = static
     h, w = field.shape[0], field.shape[1]
-    models = render_sources(vae_params, vae_config, z, positions, mask, h, w, psf)
+    models = render_sources(vae_params, vae_config, z, positions, mask, h, w, psf, point)
     resid = field - jnp.sum(models, axis=0)
     chi2 = 0.5 * jnp.sum(ivar * resid**2)
     if flow_params is None or (cfg.prior_weight == 0 and not cfg.prior_weight_faint):
         return chi2
-    lp = log_prior(flow_params, flow_config, z)
+    galaxy = mask if point is None else mask & ~point
+    lp = log_prior(flow_params, flow_config, jnp.where(galaxy[:, None], z, 0.0))
     weights = cfg.prior_weight if weights is None else weights
-    return chi2 - jnp.sum(jnp.where(mask, weights * lp, 0.0))
+    return chi2 - jnp.sum(jnp.where(galaxy, weights * lp, 0.0))
 
 
 def _prior_weights(model: GalaxyModel, z0, field, positions, mask, ivar, psf, cfg, hyper=None):
@@ -300,7 +419,7 @@ class _LoopState(NamedTuple):
 
 def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
                   config: DeblendConfig = DeblendConfig(),
-                  hyper=None) -> DeblendResult:  # fmt: skip
+                  hyper=None, point=None) -> DeblendResult:  # fmt: skip
     """Deblend one field (pure; ``vmap`` it or use :func:`deblend`).
 
     Args:
@@ -314,6 +433,9 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
       hyper: internal: traced float settings that replace ``config``'s (how
         :func:`deblend` keeps one compiled solve across prior weights, tolerances and
         learning rates); None reads them from ``config``.
+      point: ``(n_max,)`` bool, sources modelled as point sources (the PSF times a
+        flux per band, at a fitted sub-pixel offset; :func:`point_stamps`) instead of
+        galaxies: stars. They have no prior; explicit-PSF models only. None: none.
 
     Returns:
       :class:`DeblendResult` without the leading field axis.
@@ -330,7 +452,11 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
     weights = jax.lax.stop_gradient(
         _prior_weights(model, z0, field, positions, mask, ivar, psf, cfg, hp)
     )
-    loss_grad = jax.value_and_grad(functools.partial(_objective, weights=weights))
+    if point is not None:
+        z0 = jnp.where((mask & point)[:, None], point_latents(field, positions, psf, z0.shape[-1]),
+                       z0)  # fmt: skip
+        weights = jnp.where(point, 0.0, weights)
+    loss_grad = jax.value_and_grad(functools.partial(_objective, weights=weights, point=point))
     # lr_t = learning_rate * decay^(t / n_steps) (optax.exponential_decay, with traced values)
     tx = optax.adam(lambda t: hp.learning_rate * hp.decay ** (t / cfg.n_steps))
 
@@ -363,7 +489,7 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
         )
         st = jax.lax.while_loop(cond, body, st0)
     h, w = field.shape[0], field.shape[1]
-    models = render_sources(model.vae_params, vcfg, st.z, positions, mask, h, w, psf)
+    models = render_sources(model.vae_params, vcfg, st.z, positions, mask, h, w, psf, point)
     amp = jnp.ones((mask.shape[0], field.shape[-1]), field.dtype)
     if cfg.refit_fluxes:
         amp = refit_amplitudes(models, field, ivar, mask)
@@ -384,6 +510,7 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
         mask=mask,
         amplitudes=amp,
         prior_weights=jnp.where(mask, weights, 0.0),
+        point=jnp.zeros_like(mask) if point is None else mask & point,
     )
 
 
@@ -428,7 +555,8 @@ def refit_amplitudes(models, field, ivar, mask, ridge: float = _REFIT_RIDGE):
 
 
 @functools.partial(jax.jit, static_argnames=("static", "group"))
-def _deblend_chunk(params, fields, positions, mask, ivar, psf, static, group=None, hyper=None):
+def _deblend_chunk(params, fields, positions, mask, ivar, psf, static, group=None, hyper=None,
+                   point=None):  # fmt: skip
     """All fields of a chunk in one compiled call: vmapped, in groups of ``group``.
 
     ``hyper`` (:class:`_Hyper`, traced) holds the float settings; None takes them from
@@ -441,13 +569,20 @@ def _deblend_chunk(params, fields, positions, mask, ivar, psf, static, group=Non
     vcfg, fcfg, cfg = static
     vae, flow, init = params
     model = GalaxyModel(vcfg, vae, fcfg, flow, init)
-    fn = lambda f, p, m, iv, ps: deblend_field(model, f, p, m, iv, ps, cfg, hyper)
+    fn = lambda f, p, m, iv, ps, pt: deblend_field(model, f, p, m, iv, ps, cfg, hyper, pt)
     per_field_psf = psf is not None and psf.ndim == 4
     if group is None or group >= fields.shape[0]:
         psf_axis = 0 if per_field_psf else None
-        return jax.vmap(fn, in_axes=(0, 0, 0, 0, psf_axis))(fields, positions, mask, ivar, psf)
-    xs = (fields, positions, mask, ivar) + ((psf,) if per_field_psf else ())
-    one = (lambda a: fn(*a)) if per_field_psf else (lambda a: fn(*a, psf))
+        pt_axis = None if point is None else 0
+        return jax.vmap(fn, in_axes=(0, 0, 0, 0, psf_axis, pt_axis))(
+            fields, positions, mask, ivar, psf, point
+        )
+    xs = (fields, positions, mask, ivar, psf if per_field_psf else None, point)
+
+    def one(a):
+        f, p, m, iv, ps, pt = a
+        return fn(f, p, m, iv, ps if per_field_psf else psf, pt)
+
     return jax.lax.map(one, xs, batch_size=group)
 
 
@@ -582,7 +717,7 @@ def pad_fields(images, ivars, positions, psfs=None):
 def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, ivar=None,
             psf=None, config: DeblendConfig = DeblendConfig(), max_sources: int | None = None,
             on_chunk: Callable[[int, DeblendResult], None] | None = None, mesh=None,
-            progress: bool = True) -> DeblendResult:  # fmt: skip
+            progress: bool = True, point=None) -> DeblendResult:  # fmt: skip
     """Deblend many fields with one compiled, vmapped MAP optimisation per chunk.
 
     Args:
@@ -609,6 +744,10 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
         :func:`galjax.set_cpu_device_count`) each get a worker thread that solves
         its own chunks, so every field stops on its own. The results are the same.
       progress: tqdm progress bar over chunks.
+      point: ``(n_fields, n_max)`` True for sources to model as point sources (stars:
+        the PSF times a flux per band at a fitted sub-pixel offset, no prior); needs
+        an explicit-PSF model. :func:`point_source_test` finds them from a first
+        run. None: all sources are galaxies.
 
     Returns:
       :class:`DeblendResult` of numpy arrays with leading axis ``n_fields``.
@@ -623,6 +762,7 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
     fields, positions, mask, ivar, psf = _prepare(
         model, fields, positions, mask, sigma, ivar, psf, max_sources
     )
+    point = _check_point(model, point, mask)
     n = fields.shape[0]
     cpu = jax.default_backend() == "cpu"
     # Several CPU devices in one process: one worker thread per device, each solving
@@ -658,6 +798,8 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
         slots = _chunk_slots(mask[sl])
         pos_c, mask_c = _take_slots(positions[sl], slots), _take_slots(mask[sl], slots)
         arrays = (fields[sl], pos_c, mask_c, ivar[sl]) + ((psf[sl],) if per_field_psf else ())
+        if point is not None:
+            arrays += (_take_slots(point[sl], slots),)
         batch = list(arrays)
         if m < chunk:  # pad the last chunk to the compiled shape
             batch = [np.concatenate([a, np.repeat(a[:1], chunk - m, axis=0)]) for a in batch]
@@ -667,9 +809,10 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
             batch = shard_batch(batch, mesh)
         elif device is not None:
             batch = jax.device_put(batch, device)
+        point_c = batch.pop() if point is not None else None
         if not per_field_psf:
             batch = [*batch, psf_arr if device is None else jax.device_put(psf_arr, device)]
-        res = _deblend_chunk(params, *batch, static, group, hyper)
+        res = _deblend_chunk(params, *batch, static, group, hyper, point_c)
         res = jax.tree.map(lambda a, m=m: np.asarray(a)[:m], res)
         res = _restore_slots(res, slots, mask[sl])
         if bias is not None:
@@ -688,6 +831,30 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
     finally:
         bar.close()
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+
+
+def _check_point(model: GalaxyModel, point, mask):
+    """``point`` as ``(n_fields, n_max)`` bool (None stays None when it has no True)."""
+    if point is None:
+        return None
+    point = np.asarray(point, bool)
+    if point.shape != mask.shape:
+        raise ValueError(f"point: expected shape {mask.shape} (like mask), got {point.shape}")
+    point = point & mask
+    if not point.any():
+        return None
+    vcfg = model.vae_config
+    if not vcfg.psf_explicit:
+        raise ValueError(
+            "point: point sources need a model that draws sources before the PSF "
+            "(psf_explicit) and the field's PSF"
+        )
+    if vcfg.latent_dim < vcfg.bands + 2:
+        raise ValueError(
+            f"point: point sources keep {vcfg.bands} fluxes and an offset in the latent slots; "
+            f"the model's latent_dim {vcfg.latent_dim} < bands + 2"
+        )
+    return point
 
 
 def _run_workers(solve, starts, params, devices):
@@ -772,6 +939,7 @@ _SLOT_FILL = {
     "fluxes": 0.0,
     "amplitudes": 1.0,
     "prior_weights": 0.0,
+    "point": False,
 }
 
 
@@ -836,7 +1004,9 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     it covered the truth 67 / 70 / 64 / 45 % of the time at SNR 10-20 / 20-50 / 50-100
     / > 100, against 79 / 78 / 71 / 46 % with the bright-source weight for every
     source; the model error is for the bright ones. Samples decode
-    ``(Z, F) ~ N((Z*, F*), cov)``. Pure: ``vmap`` over fields with
+    ``(Z, F) ~ N((Z*, F*), cov)``. Point sources (``field_result.point``) take no prior
+    term; their latent slots hold their offset (:func:`point_stamps`), and with free
+    amplitudes their flux error is that of ``F`` given the PSF. Pure: ``vmap`` over fields with
     ``in_axes=(0, None, 0, 0, 0)`` (split keys; and 0 for per-field PSFs).
 
     Args:
@@ -872,29 +1042,30 @@ def _laplace(key, params, field_result, positions, ivar, psf, prior_weight, mode
     h, w = field_result.residual.shape[0], field_result.residual.shape[1]
     n_max, d = z.shape
     weights = field_result.prior_weights if prior_weight is None else prior_weight
-    weights = jnp.broadcast_to(jnp.asarray(weights, z.dtype), (n_max,))
+    point = field_result.point
+    weights = jnp.where(point, 0.0, jnp.broadcast_to(jnp.asarray(weights, z.dtype), (n_max,)))
     bands = field_result.amplitudes.shape[-1]
     nz = n_max * d
 
-    def render_one(z_i, pos_i, mask_i):
+    def render_one(z_i, pos_i, mask_i, point_i):
         """Source i alone in the field: ``(h, w, bands)``."""
         return render_sources(model.vae_params, vcfg, z_i[None], pos_i[None], mask_i[None], h, w,
-                              psf)[0]  # fmt: skip
+                              psf, point_i[None])[0]  # fmt: skip
 
     def unit_shape(img):
         total = jnp.sum(img, axis=(0, 1), keepdims=True)
         return img / jnp.where(total > 0, total, 1.0), total
 
     if free_amplitudes:
-        shape_map, total_map = jax.vmap(unit_shape)(jax.vmap(render_one)(z, positions, mask))
+        shape_map, total_map = jax.vmap(unit_shape)(jax.vmap(render_one)(z, positions, mask, point))
         theta = jnp.concatenate([z.reshape(-1), field_result.fluxes.reshape(-1)])
     else:
         shape_map = total_map = jnp.zeros((n_max, 0), z.dtype)  # unused
         theta = z.reshape(-1)
 
-    def one_source(theta_i, pos_i, mask_i, amp_i, shape_i, total_i):
+    def one_source(theta_i, pos_i, mask_i, point_i, amp_i, shape_i, total_i):
         """Source i from its own parameters ``theta_i = (z_i[, F_i])``: ``(h, w, bands)``."""
-        img = render_one(theta_i[:d], pos_i, mask_i)
+        img = render_one(theta_i[:d], pos_i, mask_i, point_i)
         if not free_amplitudes:
             return amp_i[None, None, :] * img
         shape, total = unit_shape(img)
@@ -903,7 +1074,7 @@ def _laplace(key, params, field_result, positions, ivar, psf, prior_weight, mode
         shape = jnp.where(total > 1e-3 * total_i, shape, shape_i)
         return theta_i[None, None, d:] * shape
 
-    per_source = (positions, mask, field_result.amplitudes, shape_map, total_map)
+    per_source = (positions, mask, point, field_result.amplitudes, shape_map, total_map)
     # own[i]: the indices in theta = (Z, F) of source i's parameters (z_i[, F_i]).
     own = np.arange(n_max)[:, None] * d + np.arange(d)
     if free_amplitudes:
@@ -921,7 +1092,7 @@ def _laplace(key, params, field_result, positions, ivar, psf, prior_weight, mode
     hess = jt.T @ (ivar.reshape(-1, 1) * jt)
     if model.flow_params is not None:
         hp = jax.vmap(jax.hessian(lambda zi: -log_prior(model.flow_params, model.flow_config, zi)))(
-            z
+            jnp.where(point[:, None], 0.0, z)
         )
         # Away from its modes the flow's -log p is not convex; an indefinite block can make
         # cov non-positive and a flux variance negative. Keep its positive-curvature part.

@@ -114,6 +114,40 @@ def test_deblend_user_fields_writes_outputs(tmp_path):
     assert not np.allclose(u1, u3, rtol=1e-3)
 
 
+def test_deblend_point_sources_from_the_table_and_found(tmp_path):
+    """A ``point`` column in the positions; ``--find-stars`` finds a star by itself."""
+    import jax
+    from test_point_sources import CFG as cfg  # tiny explicit-PSF VAE
+    from test_point_sources import FLOW as fcfg
+    from test_point_sources import PSF, _star
+
+    from galjax.io import write_fits, write_table
+    from galjax.models import GalaxyModel, init_flow, init_vae, save_model
+
+    k = jax.random.key(5)
+    save_model(tmp_path / "model", GalaxyModel(cfg, init_vae(k, cfg), fcfg, init_flow(k, fcfg),
+                                               meta={"survey": {"bands": ["r"]}}))  # fmt: skip
+    rng = np.random.default_rng(0)
+    field = _star(300.0, 18.0, 17.0, 0.2, 0.1) + rng.normal(0, 0.05, (28, 28, 1))
+    write_fits(tmp_path / "f.fits", field[None].astype(np.float32))
+    write_fits(tmp_path / "psf.fits", PSF.astype(np.float32))
+    common = ["deblend", "--fields", str(tmp_path / "f.fits"), "--sigma", "0.05", "--psf",
+              str(tmp_path / "psf.fits"), "--model", str(tmp_path / "model"), "--steps", "60",
+              "--quiet"]  # fmt: skip
+    table = {"x": [6.0, 18.0], "y": [7.0, 17.0]}
+    write_table(tmp_path / "p.ecsv", Table({**table, "point": [False, True]}))
+    assert (
+        main([*common, "--positions", str(tmp_path / "p.ecsv"), "--out", str(tmp_path / "a")]) == 0
+    )
+    cat = Table.read(tmp_path / "a" / "catalog.ecsv")
+    assert list(cat["point"]) == [False, True]
+    assert cat["flux_r"][1] == pytest.approx(300.0, rel=0.05)
+    write_table(tmp_path / "q.ecsv", Table(table))
+    assert main([*common, "--positions", str(tmp_path / "q.ecsv"), "--out", str(tmp_path / "b"),
+                 "--find-stars"]) == 0  # fmt: skip
+    assert bool(Table.read(tmp_path / "b" / "catalog.ecsv")["point"][1])
+
+
 def test_train_vae_from_a_folder_of_fits_stamps(tmp_path, capsys):
     """`galjax train vae --stamps DIR` reads one stamp per FITS file and writes a model."""
     from galjax.models import load_model
