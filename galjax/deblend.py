@@ -1199,8 +1199,9 @@ def debias_fluxes(result: DeblendResult, ivar, table, max_factor: float = 2.0) -
     """Divide each source's model by ``1 + b(s)`` (:func:`flux_bias`), per band.
 
     ``s`` is the model's measured SNR (:func:`model_snr`); the factor is clipped to
-    ``[1 / max_factor, max_factor]``. Models, fluxes, amplitudes, the residual and
-    chi^2 are updated. Works on one field or many (leading axes of ``result``).
+    ``[1 / max_factor, max_factor]``. Point sources are left as they are. Models,
+    fluxes, amplitudes, the residual and chi^2 are updated. Works on one field or many
+    (leading axes of ``result``).
 
     Args:
       result: :class:`DeblendResult`.
@@ -1211,7 +1212,9 @@ def debias_fluxes(result: DeblendResult, ivar, table, max_factor: float = 2.0) -
     ivar = jnp.asarray(ivar, models.dtype)
     b = flux_bias(model_snr(models, ivar), table)
     factor = jnp.clip(1.0 / jnp.maximum(1.0 + b, 1e-6), 1.0 / max_factor, max_factor)
-    factor = jnp.where(jnp.asarray(result.mask)[..., None], factor, 1.0).astype(models.dtype)
+    # the table is the galaxies' shape-fitting bias; a point source's shape is the PSF
+    galaxy = jnp.asarray(result.mask) & ~jnp.asarray(result.point)
+    factor = jnp.where(galaxy[..., None], factor, 1.0).astype(models.dtype)
     models = models * factor[..., None, None, :]
     field = jnp.asarray(result.residual) + jnp.sum(jnp.asarray(result.models), axis=-4)
     resid = field - jnp.sum(models, axis=-4)
