@@ -10,8 +10,12 @@ likelihood scores the noisy image, as in the talk). On held-out galaxies we coun
   ``max_sigma log N(x; gaussian fit, sigma^2 I)``, i.e. the pixels are more probable
   under the VAE than under the Gaussian fit for every sigma;
 - the same two with the VAE's latent fitted to each image (``*_fitted``: 200 Adam
-  steps on ``-log N(x; f_mu(z), f_sigma(z)^2) + |z|^2/2`` from ``g_mu(x)``), the VAE's
-  counterpart of the Gaussian's per-image fit.
+  steps on ``-log N(x; f_mu(z), f_sigma(z)^2) + |z|^2/2`` from ``g_mu(x)``, the centre
+  held where the Gaussian put it), the VAE's counterpart of the Gaussian's per-image fit;
+- the same two with the fit the Gaussian gets (``*_fitted_xy``): the centre fitted too
+  (a sub-pixel shift of the decoded image) and each criterion scored after the fit of
+  its own objective, the weighted least squares ``chi^2 / 2 + |z|^2 / 2`` (by which the
+  Gaussian is fitted) for the MSE and the likelihood above for the likelihood.
 
 Two settings: held-out SDSS-like 69x69 simulated galaxies (the talk's), and the
 100 real COSMOS HST F814W stamps of ``../shared/data/cosmos_hst_f814w_100`` scored by
@@ -55,6 +59,9 @@ from galjax.transforms import random_dihedral
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cosmos_hst_f814w_100"
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 SNR_BINS = (0.0, 20.0, 50.0, 100.0, 200.0, np.inf)
+# "Prominent" galaxies, the talk's selection ("cropped around one prominent galaxy"):
+# SNR of the Gaussian fit >= 50, about the median of the real COSMOS sample.
+PROMINENT_SNR = 50.0
 
 
 def _noisy(key, clean, survey):
@@ -120,32 +127,51 @@ def _decode_at(params, cfg, z, offset=None):
     return _shift(f_mu, offset), _shift(f_ls, offset)
 
 
-def _fit_latents(params, cfg, x, mask, z0, n_steps: int, lr: float = 0.05, offset=None):
-    """Per-image latent fit: ``argmin_z -log N(x; f_mu(z), f_sigma(z)^2) + |z|^2 / 2``.
+def _fit_latents(params, cfg, x, mask, z0, n_steps: int, lr: float = 0.05, offset=None,
+                 objective: str = "loglik", sigma=None, fit_centre: bool = False):  # fmt: skip
+    """Per-image MAP latent fit, the VAE's counterpart of the Gaussian's per-image fit.
 
-    The VAE's counterpart of the Gaussian's per-image least-squares fit: Adam from the
-    encoder's ``g_mu(x)``, vmapped over images (decoded images placed at ``offset``).
+    Minimises, by Adam from the encoder's ``g_mu(x)`` (vmapped over images),
+
+    - ``objective="loglik"``: ``-log N(x; f_mu(z), f_sigma(z)^2) + |z|^2 / 2``;
+    - ``objective="chi2"``: ``sum_p m_p (x_p - f_mu(z)_p)^2 / (2 sigma_p^2) + |z|^2 / 2``,
+      the weighted least squares the bivariate Gaussian is fitted by.
+
+    The decoded images are placed at ``offset (n, 2) = (dx, dy)`` pixels from the stamp
+    centre; with ``fit_centre`` a sub-pixel shift is fitted on top of it, as the
+    Gaussian fits its centre. Returns ``z (n, d)`` and the final offsets ``(n, 2)``.
     """
     tx = optax.adam(lr)
     if offset is None:
         offset = jnp.zeros((len(x), 2), jnp.float32)
+    if sigma is None:
+        sigma = jnp.ones_like(x)
 
-    def one(xi, mi, zi, oi):
-        def loss(z):
-            f_mu, f_ls = _decode_at(params, cfg, z[None], oi[None])
-            return -gaussian_loglik(xi[None], f_mu, log_sigma=f_ls, mask=mi[None])[0] + 0.5 * z @ z
+    def one(xi, mi, si, zi, oi):
+        def loss(p):
+            z, dxy = p
+            f_mu, f_ls = _decode_at(params, cfg, z[None], (oi + dxy)[None])
+            if objective == "loglik":
+                nll = -gaussian_loglik(xi[None], f_mu, log_sigma=f_ls, mask=mi[None])[0]
+            else:
+                nll = 0.5 * jnp.sum(mi * ((xi - f_mu[0]) / si) ** 2)
+            return nll + 0.5 * z @ z
 
         def step(carry, _):
-            z, opt = carry
-            upd, opt = tx.update(jax.grad(loss)(z), opt, z)
-            return (optax.apply_updates(z, upd), opt), None
+            p, opt = carry
+            z_grad, xy_grad = jax.grad(loss)(p)
+            grad = (z_grad, xy_grad if fit_centre else jnp.zeros_like(xy_grad))
+            upd, opt = tx.update(grad, opt, p)
+            return (optax.apply_updates(p, upd), opt), None
 
-        (z, _), _ = jax.lax.scan(step, (zi, tx.init(zi)), None, length=n_steps)
-        return z
+        p0 = (zi, jnp.zeros(2, zi.dtype))
+        ((z, dxy), _), _ = jax.lax.scan(step, (p0, tx.init(p0)), None, length=n_steps)
+        return z, oi + dxy
 
     fn = jax.jit(jax.vmap(one))
-    return jnp.concatenate([fn(x[i : i + 100], mask[i : i + 100], z0[i : i + 100],
-                               offset[i : i + 100]) for i in range(0, len(x), 100)])  # fmt: skip
+    parts = [fn(x[i : i + 100], mask[i : i + 100], sigma[i : i + 100], z0[i : i + 100],
+                offset[i : i + 100]) for i in range(0, len(x), 100)]  # fmt: skip
+    return jnp.concatenate([p[0] for p in parts]), jnp.concatenate([p[1] for p in parts])
 
 
 def _by_snr(snr, flags: dict) -> list[dict]:
@@ -161,14 +187,17 @@ def _by_snr(snr, flags: dict) -> list[dict]:
 
 
 def _compare(params, cfg, x, sigma, mask, fit_steps: int = 0, per_image: bool = False,
-             offset=None):  # fmt: skip
+             offset=None, fit_centre: bool = True):  # fmt: skip
     """Per-image MSE and log-likelihood of the VAE and of the Gaussian fit (masked pixels).
 
     The VAE is scored at the encoder's ``g_mu(x)`` (amortised) and, with ``fit_steps``,
-    at the per-image latent fit of :func:`_fit_latents` (``*_fitted`` keys). Each
+    at the per-image latent fit of :func:`_fit_latents` (``*_fitted`` keys: likelihood,
+    centre held), and with ``fit_centre`` also at the fits with a free centre, least squares
+    for the MSE and likelihood for the likelihood (``*_fitted_xy`` keys). Each
     image's signal-to-noise ratio is that of its Gaussian fit,
     ``SNR = sqrt(sum_p m_p xhat_p^2 / sigma_p^2)`` (the same definition for simulated
-    and real images), and every fraction is also given per SNR bin (``by_snr``).
+    and real images), and every fraction is also given per SNR bin (``by_snr``) and for
+    the prominent galaxies, SNR >= :data:`PROMINENT_SNR` (``prominent``).
     With ``offset (n, 2)`` the VAE's images are placed at that sub-pixel offset from
     the stamp centre (see :func:`_cosmos`).
     """
@@ -200,9 +229,10 @@ def _compare(params, cfg, x, sigma, mask, fit_steps: int = 0, per_image: bool = 
         "median_dloglik_per_pixel": float(np.median(np.asarray((ll_vae - ll_gauss) / npix))),
         "snr_percentiles_10_50_90": [float(v) for v in np.percentile(snr, [10, 50, 90])],
     }
+    decode_at = jax.jit(lambda z, o: _decode_at(params, cfg, z, o))
     if fit_steps > 0:
-        z = _fit_latents(params, cfg, x, m, mu, fit_steps, offset=offset)
-        f_mu, f_ls = jax.jit(lambda z, o: _decode_at(params, cfg, z, o))(z, offset)
+        z, _ = _fit_latents(params, cfg, x, m, mu, fit_steps, offset=offset)
+        f_mu, f_ls = decode_at(z, offset)
         ll_fit = gaussian_loglik(x, f_mu, log_sigma=f_ls, mask=m)
         mse_fit = jnp.sum(m * (x - f_mu) ** 2, axis=(-3, -2, -1)) / npix
         flags |= {
@@ -215,7 +245,31 @@ def _compare(params, cfg, x, sigma, mask, fit_steps: int = 0, per_image: bool = 
             "frac_more_probable_fitted": float(flags["more_probable_fitted"].mean()),
             "median_mse_ratio_fitted_over_gauss": float(np.median(np.asarray(mse_fit / mse_gauss))),
         }
+    if fit_steps > 0 and fit_centre:
+        # each criterion with the fit the Gaussian gets: its own objective, centre free
+        z, o = _fit_latents(params, cfg, x, m, mu, fit_steps, offset=offset, objective="chi2",
+                            sigma=sigma, fit_centre=True)  # fmt: skip
+        mse_xy = jnp.sum(m * (x - decode_at(z, o)[0]) ** 2, axis=(-3, -2, -1)) / npix
+        z, o = _fit_latents(params, cfg, x, m, mu, fit_steps, offset=offset, fit_centre=True)
+        f_mu, f_ls = decode_at(z, o)
+        ll_xy = gaussian_loglik(x, f_mu, log_sigma=f_ls, mask=m)
+        flags |= {
+            "lower_mse_fitted_xy": np.asarray(mse_xy < mse_gauss),
+            "more_probable_fitted_xy": np.asarray(ll_xy > ll_gauss),
+        }
+        out |= {
+            "frac_lower_mse_fitted_xy": float(flags["lower_mse_fitted_xy"].mean()),
+            "frac_more_probable_fitted_xy": float(flags["more_probable_fitted_xy"].mean()),
+            "median_mse_ratio_fitted_xy_over_gauss": float(
+                np.median(np.asarray(mse_xy / mse_gauss))
+            ),
+        }
     out["by_snr"] = _by_snr(snr, flags)
+    sel = snr >= PROMINENT_SNR
+    out["prominent"] = {"snr_min": PROMINENT_SNR, "n": int(sel.sum())} | {
+        f"frac_{name}": float(flag[sel].mean()) if sel.any() else None
+        for name, flag in flags.items()
+    }
     if per_image:
         out |= flags | {"snr": snr}
     return out
@@ -259,7 +313,7 @@ def _cosmos_folds(key, params, cfg, x, mask, k: int, n_steps: int, fit_steps: in
                                 n_steps)  # fmt: skip
         losses.append(loss)
         r = _compare(tuned, cfg, jnp.asarray(x[test]), jnp.ones_like(jnp.asarray(x[test])),
-                     mask[test], fit_steps, per_image=True)  # fmt: skip
+                     mask[test], fit_steps, per_image=True, fit_centre=False)  # fmt: skip
         lower[test], more[test] = r["lower_mse"], r["more_probable"]
         if fit_steps > 0:
             lower_fit[test], more_fit[test] = r["lower_mse_fitted"], r["more_probable_fitted"]
@@ -344,12 +398,12 @@ def _recentre(x, mask):
 
 
 def plot_by_snr(results: dict, path) -> Path:
-    """Figure: the four fractions against SNR for each set, with the talk's 97 %.
+    """Figure: the six fractions against SNR for each set, with the talk's 97 %.
 
-    One panel per criterion (lower MSE / more probable, amortised / latent fit); each
-    set is a line over the SNR bins' centres (geometric; the last bin at 2x its
-    lower edge), its markers sized by the number of images in the bin; bins of fewer
-    than 10 images are left out.
+    One panel per criterion (rows: lower MSE / more probable; columns: amortised,
+    latent fit, latent + centre fit); each set is a line over the SNR bins' centres
+    (geometric; the last bin at 2x its lower edge), its markers sized by the number of
+    images in the bin; bins of fewer than 10 images are left out.
     """
     import matplotlib
 
@@ -358,11 +412,13 @@ def plot_by_snr(results: dict, path) -> Path:
     import matplotlib.ticker
 
     keys = [("frac_lower_mse", "lower MSE, amortised"),
-            ("frac_more_probable", "more probable, amortised"),
             ("frac_lower_mse_fitted", "lower MSE, latent fit"),
-            ("frac_more_probable_fitted", "more probable, latent fit")]  # fmt: skip
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
-    for ax, (key, title) in zip(axes, keys, strict=True):
+            ("frac_lower_mse_fitted_xy", "lower MSE, latent + centre fit"),
+            ("frac_more_probable", "more probable, amortised"),
+            ("frac_more_probable_fitted", "more probable, latent fit"),
+            ("frac_more_probable_fitted_xy", "more probable, latent + centre fit")]  # fmt: skip
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.2), sharey=True)
+    for ax, (key, title) in zip(axes.flat, keys, strict=True):
         for name, r in results.items():
             rows = [b for b in r.get("by_snr", []) if b["n"] >= 10 and b.get(key) is not None]
             if not rows:
@@ -377,8 +433,9 @@ def plot_by_snr(results: dict, path) -> Path:
         ax.set(xscale="log", xlabel="SNR of the Gaussian fit", title=title, ylim=(0, 1.02))
         ax.set_xticks([20, 50, 100, 200, 500], ["20", "50", "100", "200", "500"])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[0].set_ylabel("fraction of images where the VAE wins")
-    axes[0].legend(fontsize=7, loc="lower right")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("fraction of images where the VAE wins")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Regier et al.'s VAE vs a fitted bivariate Gaussian (dotted: the talk's 97 %)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -483,9 +540,15 @@ def main():
         results["hst_sim"] = r | {"train": train_h, **sim_info}
         rows.append({"set": "HST-like sims (64x64)", **r})
 
+    with_prominent = []
+    for row in rows:
+        with_prominent.append(row)
+        if "prominent" in row:
+            p = row["prominent"]
+            with_prominent.append({"set": f"  SNR >= {p['snr_min']:g}", "n_images": p["n"], **p})
     print(
         format_table(
-            rows,
+            with_prominent,
             [
                 ("set", "set", "s"),
                 ("n_images", "n", "d"),
@@ -495,6 +558,8 @@ def main():
                 ("frac_lower_mse_fitted", "lower MSE (z fit)", ".3f"),
                 ("frac_more_probable_fitted", "more probable (z fit)", ".3f"),
                 ("median_mse_ratio_fitted_over_gauss", "MSE ratio (z fit)", ".3f"),
+                ("frac_lower_mse_fitted_xy", "lower MSE (z, xy fit)", ".3f"),
+                ("frac_more_probable_fitted_xy", "more probable (z, xy fit)", ".3f"),
             ],
         )
     )
