@@ -202,7 +202,8 @@ def _compare(params, cfg, x, sigma, mask, fit_steps: int = 0, per_image: bool = 
     the stamp centre (see :func:`_cosmos`).
     """
     mu, _ = jax.jit(lambda v: encode(params, cfg, v))(x)
-    f_mu, f_ls = jax.jit(lambda z, o: _decode_at(params, cfg, z, o))(mu, offset)
+    decode_at = jax.jit(lambda z, o: _decode_at(params, cfg, z, o))
+    f_mu, f_ls = decode_at(mu, offset)
     m = jnp.asarray(mask, jnp.float32)
     npix = jnp.sum(m, axis=(-3, -2, -1))
     ll_vae = gaussian_loglik(x, f_mu, log_sigma=f_ls, mask=m)
@@ -229,7 +230,6 @@ def _compare(params, cfg, x, sigma, mask, fit_steps: int = 0, per_image: bool = 
         "median_dloglik_per_pixel": float(np.median(np.asarray((ll_vae - ll_gauss) / npix))),
         "snr_percentiles_10_50_90": [float(v) for v in np.percentile(snr, [10, 50, 90])],
     }
-    decode_at = jax.jit(lambda z, o: _decode_at(params, cfg, z, o))
     if fit_steps > 0:
         z, _ = _fit_latents(params, cfg, x, m, mu, fit_steps, offset=offset)
         f_mu, f_ls = decode_at(z, offset)
