@@ -7,7 +7,7 @@ outside the data, one PSF per field). Images are put in noise units per band
 (divided by the median noise std), the units the model was trained in.
 
 Stars: a first run models every source as a galaxy; sources that
-:func:`galjax.deblend.point_source_test` finds better fitted as a point source
+:func:`galjax.deblend.point_source_tests` finds better fitted as a point source
 (``dchi2 > 0``) are then deblended again as point sources (the PSF times a flux
 per band at a fitted sub-pixel offset), all sources together (``--no-point-sources``:
 galaxies only).
@@ -28,7 +28,6 @@ import dataclasses
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from _common import RESULTS_DIR, format_table, machine_info, write_json
 
@@ -38,7 +37,7 @@ from galjax.deblend import (
     deblend,
     laplace_flux_errors,
     pad_fields,
-    point_source_test,
+    point_source_tests,
 )
 from galjax.detect import detect
 from galjax.io import load_hsc_fits, load_hsc_npz
@@ -156,11 +155,7 @@ def main():
     galaxies_only = res
     dchi2 = np.zeros(mask.shape, np.float32)
     if not args.no_point_sources:
-        dchi2 = np.stack([
-            np.asarray(point_source_test(jax.tree.map(lambda a, i=i: a[i], res), fields[i],
-                                         ivar[i], psfs[i], pos[i]))
-            for i in range(len(names))
-        ])  # fmt: skip
+        dchi2 = point_source_tests(res, ivar, psfs, pos)
         if np.any(dchi2 > 0):
             res = deblend(model, fields, pos, mask, ivar=ivar, psf=psfs, config=cfg,
                           point=dchi2 > 0)  # fmt: skip

@@ -473,14 +473,11 @@ def _deblend(args) -> int:
     ivar = 1.0 / np.asarray(sigma, np.float32) ** 2
     if args.find_stars:
         from ._checks import check_psf
-        from .deblend import point_source_test
+        from .deblend import point_source_tests
 
-        psf_b = np.asarray(check_psf("psf", psf_arg, bands=fields.shape[-1]))
-        test = jax.jit(point_source_test)
-        dchi2 = np.stack([np.asarray(test(jax.tree.map(lambda a, i=i: a[i], res), fields[i],
-                                          ivar[i], psf_b, np.asarray(positions)[i]))
-                          for i in range(len(fields))])  # fmt: skip
-        found = (dchi2 > 0) | (np.zeros_like(dchi2, bool) if point is None else point)
+        psf_b = check_psf("psf", psf_arg, bands=fields.shape[-1])
+        found = point_source_tests(res, ivar, psf_b, positions) > 0
+        found = found if point is None else found | point
         print(
             f"point-source test: {int(found.sum())} of {int(np.sum(mask))} sources are "
             "better fitted as point sources; deblending again"
@@ -612,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--find-stars",
         action="store_true",
         help="after a first run, deblend again with the sources that a point source fits "
-        "better (galjax.deblend.point_source_test) as point sources (explicit-PSF models)",
+        "better (galjax.deblend.point_source_tests) as point sources (explicit-PSF models)",
     )
     db.add_argument("--sigma", type=float, help="noise std per pixel (same for all)")
     db.add_argument("--variance", help="FITS variance map(s), same shape as the fields")

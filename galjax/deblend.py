@@ -50,6 +50,7 @@ __all__ = [
     "point_stamps",
     "point_latents",
     "point_source_test",
+    "point_source_tests",
     "shift_stamp",
     "laplace",
     "evaluate",
@@ -296,7 +297,7 @@ def _place_stamps(stamps, positions, mask, height: int, width: int, psf=None, of
     return placed * mask.astype(placed.dtype)[:, None, None, None]
 
 
-def point_source_test(result: DeblendResult, field, ivar, psf, positions, max_offset: float = 1.0,
+def point_source_test(result: DeblendResult, ivar, psf, positions, max_offset: float = 1.0,
                       n_grid: int = 9):  # fmt: skip
     """How much better each source is fitted as a point source: ``dchi2 (n_max,)``.
 
@@ -311,21 +312,22 @@ def point_source_test(result: DeblendResult, field, ivar, psf, positions, max_of
     ``dchi2 > 0``: the point source, with ``bands + 2`` parameters against the
     galaxy's latents, fits better, e.g. a star the galaxy decoder cannot draw.
     Deblend again with ``point=dchi2 > 0`` (:func:`deblend`). Masked sources get 0.
-    Pure, one field (``vmap`` for many, with ``in_axes=(0, 0, 0, None or 0, 0)``).
+    Pure, one field; :func:`point_source_tests` runs it over a result's fields.
 
     Args:
       result: one field's :class:`DeblendResult` (no field axis).
-      field, ivar: ``(h, w, bands)`` data and inverse variance.
+      ivar: ``(h, w, bands)`` inverse variance of the field.
       psf: ``(ph, pw, bands)`` the field's PSF (odd sizes, unit sum per band).
       positions: ``(n_max, 2)`` the positions ``(x, y)`` that were deblended.
     """
-    h, w, bands = field.shape
+    h, w, bands = result.residual.shape
+    dtype = result.residual.dtype
     size = psf.shape[0] + 4 + 2 * int(np.ceil(max_offset))
     size += 1 - size % 2
-    grid = jnp.linspace(-max_offset, max_offset, n_grid, dtype=field.dtype)
+    grid = jnp.linspace(-max_offset, max_offset, n_grid, dtype=dtype)
     offsets = jnp.stack(jnp.meshgrid(grid, grid), -1).reshape(-1, 2)  # (k, 2)
     k = offsets.shape[0]
-    unit, _ = point_stamps(jnp.zeros((k, bands + 2), field.dtype), bands, size)  # unit fluxes
+    unit, _ = point_stamps(jnp.zeros((k, bands + 2), dtype), bands, size)  # unit fluxes
     chi2_gal = jnp.sum(ivar * result.residual**2)
 
     def one(model_i, pos_i, mask_i):
@@ -340,6 +342,26 @@ def point_source_test(result: DeblendResult, field, ivar, psf, positions, max_of
         return jnp.where(mask_i, chi2_gal - jnp.min(chi2), 0.0)
 
     return jax.lax.map(lambda a: one(*a), (result.models, positions, result.mask))
+
+
+def point_source_tests(result: DeblendResult, ivar, psf, positions, max_offset: float = 1.0,
+                       n_grid: int = 9):  # fmt: skip
+    """:func:`point_source_test` for every field of a :func:`deblend` result.
+
+    Args:
+      result: :class:`DeblendResult` with a leading field axis ``n``.
+      ivar: ``(n, h, w, bands)`` inverse variance.
+      psf: ``(ph, pw, bands)`` shared or ``(n, ph, pw, bands)`` one per field.
+      positions: ``(n, n_max, 2)`` the positions ``(x, y)`` that were deblended.
+
+    Returns:
+      ``dchi2 (n, n_max)`` numpy; ``point=dchi2 > 0`` flags the point sources.
+    """
+    psf = jnp.asarray(psf)
+    test = functools.partial(point_source_test, max_offset=max_offset, n_grid=n_grid)
+    fn = jax.jit(jax.vmap(test, in_axes=(0, 0, 0 if psf.ndim == 4 else None, 0)))
+    return np.asarray(fn(jax.tree.map(jnp.asarray, result), jnp.asarray(ivar), psf,
+                         jnp.asarray(positions)))  # fmt: skip
 
 
 def _objective(z, arrays, static, weights=None, point=None):
@@ -746,7 +768,7 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
       progress: tqdm progress bar over chunks.
       point: ``(n_fields, n_max)`` True for sources to model as point sources (stars:
         the PSF times a flux per band at a fitted sub-pixel offset, no prior); needs
-        an explicit-PSF model. :func:`point_source_test` finds them from a first
+        an explicit-PSF model. :func:`point_source_tests` finds them from a first
         run. None: all sources are galaxies.
 
     Returns:

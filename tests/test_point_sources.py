@@ -14,6 +14,7 @@ from galjax.deblend import (
     laplace_flux_errors,
     point_latents,
     point_source_test,
+    point_source_tests,
     point_stamps,
     render_sources,
 )
@@ -101,10 +102,14 @@ def test_point_source_test_finds_the_star(model, scene):
                   config=cfg, progress=False)  # fmt: skip
     one = jax.tree.map(lambda a: a[0], res)
     ivar = np.full(scene["field"].shape[1:], 1 / 0.02**2, np.float32)
-    d = np.asarray(point_source_test(one, scene["field"][0], ivar, PSF, scene["pos"][0]))
+    d = np.asarray(point_source_test(one, ivar, PSF, scene["pos"][0]))
     assert d[1] > 0 > d[0]
     masked = one._replace(mask=jnp.array([True, False]))
-    assert float(point_source_test(masked, scene["field"][0], ivar, PSF, scene["pos"][0])[1]) == 0
+    assert float(point_source_test(masked, ivar, PSF, scene["pos"][0])[1]) == 0
+    # over fields (vmapped, shared or per-field PSF): the same numbers
+    many = point_source_tests(res, ivar[None], PSF, scene["pos"])
+    np.testing.assert_allclose(many[0], d, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(point_source_tests(res, ivar[None], PSF[None], scene["pos"]), many)
 
 
 def test_point_flags_survive_chunks_and_slots(model, scene):
