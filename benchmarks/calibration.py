@@ -54,7 +54,7 @@ from galjax.classify import (  # noqa: E402
     train_pdf_regressor,
 )
 from galjax.io import load_first  # noqa: E402
-from galjax.plot_calibration import pit_figure, reliability_diagram, roc_curves  # noqa: E402
+from galjax.plot.calibration import pit_figure, reliability_diagram, roc_curves  # noqa: E402
 from galjax.sim import LSST_R, add_noise, render_galaxy, sample_galaxy  # noqa: E402
 from galjax.transforms import arcsinh_stretch, crop_or_pad, random_dihedral  # noqa: E402
 

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from _common import RESULTS_DIR, best_time, compile_jitted, format_table, machine_info, write_json
 
-from galjax._files import atomic_write
+from galjax.core.files import atomic_write
 from galjax.classify import CNNClassifier, FCNClassifier
 from galjax.models.gan import GANConfig, init_gan, make_gan_step
 from galjax.radio import (

@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from jax.scipy.special import gammaln
 
-from galjax._checks import (
+from galjax.core.checks import (
     as_float_array,
     broadcast_as,
     check_image,

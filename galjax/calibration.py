@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from galjax._checks import as_float_array, check_probabilities, is_concrete
+from galjax.core.checks import as_float_array, check_probabilities, is_concrete
 from galjax.metrics import auc, roc_curve
 
 __all__ = [

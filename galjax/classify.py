@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from galjax._checks import as_float_array, check_image, check_probabilities, is_concrete
+from galjax.core.checks import as_float_array, check_image, check_probabilities, is_concrete
 from galjax.train import TrainConfig, fit, init_state, make_eval_step, make_train_step
 
 __all__ = [

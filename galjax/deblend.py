@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._checks import broadcast_as, check_image, check_positive, check_psf, mask_nonfinite
+from galjax.core.checks import broadcast_as, check_image, check_positive, check_psf, mask_nonfinite
 from .models.flow import log_prior
 from .models.store import GalaxyModel
 from .models.vae import decode, encode

@@ -35,7 +35,7 @@ import numpy as np
 from astropy.stats import sigma_clip
 from jax import lax
 
-from galjax._checks import (
+from galjax.core.checks import (
     as_float_array,
     check_image,
     check_psf,

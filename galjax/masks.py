@@ -57,8 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from galjax._checks import as_float_array, check_image, check_positive, is_concrete
-from galjax._files import atomic_write
+from galjax.core.checks import as_float_array, check_image, check_positive, is_concrete
+from galjax.core.files import atomic_write
 from galjax.train import TrainConfig, fit, init_state, make_train_step
 from galjax.transforms import arcsinh_stretch, random_dihedral
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from galjax._checks import as_float_array, check_image, is_concrete, mask_nonfinite
+from galjax.core.checks import as_float_array, check_image, is_concrete, mask_nonfinite
 
 __all__ = [
     "mse",

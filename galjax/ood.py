@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from galjax._checks import check_image, check_positive, check_psf, is_concrete
+from galjax.core.checks import check_image, check_positive, check_psf, is_concrete
 from galjax.metrics import auc, roc_curve
 from galjax.models.pixelcnn import PixelCNNConfig, check_input, log_prob_map, quantise
 from galjax.sim import RenderConfig, add_noise, render, sersic_sb

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._files import atomic_write
+from galjax.core.files import atomic_write
 from .models.gan import GANConfig, GANState, generate, init_gan, make_gan_step
 from .train.checkpoint import load_checkpoint_metadata, restore_checkpoint, save_checkpoint
 from .transforms import crop_or_pad, random_dihedral, rotate

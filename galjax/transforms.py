@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galjax._checks import check_image, check_positive, check_range
+from galjax.core.checks import check_image, check_positive, check_range
 
 __all__ = [
     "arcsinh_stretch",

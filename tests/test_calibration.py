@@ -14,7 +14,7 @@ from galjax.calibration import (
     threshold_at_fpr,
 )
 from galjax.classify import correct_priors
-from galjax.plot_calibration import pit_figure, reliability_diagram, roc_curves
+from galjax.plot.calibration import pit_figure, reliability_diagram, roc_curves
 
 
 def test_ece_zero_for_exactly_calibrated_predictor():

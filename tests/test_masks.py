@@ -191,7 +191,7 @@ def test_training_learns_and_storage_round_trip(batch, tmp_path):
 
 
 def test_cli_mask(key, tmp_path):
-    from galjax.cli_mask import register
+    from galjax.cli.mask import register
     from galjax.io import write_fits
 
     net = MaskNet(features=4, dilations=(1, 2))

@@ -296,7 +296,7 @@ def _fake_first_npz(path, n=16, size=40):
 
 
 def test_gan_cli_train_select_sample(tmp_path, capsys):
-    from galjax.cli_gan import register
+    from galjax.cli.gan import register
 
     npz = tmp_path / "first.npz"
     _fake_first_npz(npz)

@@ -33,8 +33,8 @@ from astropy.nddata import Cutout2D, NoOverlapError
 from astropy.table import Table
 from astropy.wcs import WCS, FITSFixedWarning
 
-from galjax._checks import check_image
-from galjax._files import atomic_write
+from galjax.core.checks import check_image
+from galjax.core.files import atomic_write
 
 __all__ = [
     "Cutout",

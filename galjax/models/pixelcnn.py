@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_image, is_concrete
+from galjax.core.checks import check_image, is_concrete
 from ..metrics import bits_per_dim as _bits_per_dim
 
 __all__ = [

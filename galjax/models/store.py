@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import flax.serialization
 import jax
 
-from .._files import atomic_write
+from galjax.core.files import atomic_write
 from .flow import FlowConfig, init_flow
 from .vae import VAEConfig, init_vae
 

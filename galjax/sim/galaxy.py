@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._checks import check_finite, check_positive, check_range
+from galjax.core.checks import check_finite, check_positive, check_range
 from .profiles import SERSIC_N_RANGE, gaussian_sb, pixelate, q_beta_from_e, sersic_sb
 from .psf import convolve_fft
 

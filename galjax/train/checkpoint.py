@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galjax._files import atomic_write
+from galjax.core.files import atomic_write
 
 __all__ = ["save_checkpoint", "restore_checkpoint", "load_checkpoint_metadata"]
 

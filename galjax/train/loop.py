@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from galjax._files import atomic_write
+from galjax.core.files import atomic_write
 from galjax.train.checkpoint import (
     _to_host,
     load_checkpoint_metadata,

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-__all__: list[str] = []  # private module
+__all__ = ["atomic_write"]
 
 
 def atomic_write(path, write: Callable[[Path], None], overwrite: bool = True) -> Path:

@@ -19,25 +19,12 @@ from pathlib import Path
 
 import numpy as np
 from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from galjax._checks import check_image
+from galjax.core.checks import check_image
+from galjax.plot.figure import new_figure, save_figure
 
 __all__ = ["image_grid", "field_panels", "reconstructions", "latent_traversal", "latent_embedding"]
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path) -> None:
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
 
 
 def _norm(data, percentile: float, stretch: float) -> ImageNormalize:
@@ -133,7 +120,7 @@ def image_grid(
 
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig = _figure(panel_size * ncols, panel_size * nrows + (0.25 * nrows if titles else 0.0))
+    fig = new_figure(panel_size * ncols, panel_size * nrows + (0.25 * nrows if titles else 0.0))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -148,7 +135,7 @@ def image_grid(
             ax.set_title(str(titles[i]), fontsize=8)
     for ax in axes.flat[n:]:
         fig.delaxes(ax)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -234,7 +221,7 @@ def field_panels(
         if pos.ndim != 2 or pos.shape[1] != 2:
             raise ValueError(f"positions: expected shape (n, 2) of (x, y), got {pos.shape}")
 
-    fig = _figure(3 * panel_size + 0.8, panel_size)
+    fig = new_figure(3 * panel_size + 0.8, panel_size)
     axes = fig.subplots(1, 3)
     norm = _norm(field_a[..., band], percentile, stretch)
     axes[0].imshow(field_a[..., band], cmap="gray", norm=norm, origin="lower")
@@ -250,7 +237,7 @@ def field_panels(
         h, w = shown_resid.shape
         ax.set_xlim(-0.5, w - 0.5)  # sources off the image must not widen the axes
         ax.set_ylim(-0.5, h - 0.5)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -279,7 +266,7 @@ def reconstructions(images, f_mu, f_sigma=None, path=None, *, band: int = 0, n: 
         raise ValueError(f"band: expected an index in [0, {x.shape[-1]}), got {band}")
     k = min(n, x.shape[0])
     rows = ["input", "f_mu"] + (["f_sigma"] if sig is not None else []) + ["residual"]
-    fig = _figure(panel_size * k, panel_size * len(rows))
+    fig = new_figure(panel_size * k, panel_size * len(rows))
     axes = fig.subplots(len(rows), k, squeeze=False)
     for j in range(k):
         norm = _norm(x[j, ..., band], 99.5, 0.1)
@@ -298,7 +285,7 @@ def reconstructions(images, f_mu, f_sigma=None, path=None, *, band: int = 0, n: 
     for i, name in enumerate(rows):
         label = "residual / f_sigma" if (name == "residual" and sig is not None) else name
         axes[i, 0].set_ylabel(label, fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -320,7 +307,7 @@ def latent_traversal(grid, path=None, *, dims: Sequence[int] | None = None, span
     dims = list(range(nd)) if dims is None else list(dims)
     if len(dims) != nd:
         raise ValueError(f"dims: expected {nd} labels (one per row), got {len(dims)}")
-    fig = _figure(panel_size * ns, panel_size * nd + 0.3)
+    fig = new_figure(panel_size * ns, panel_size * nd + 0.3)
     axes = fig.subplots(nd, ns, squeeze=False)
     t = np.linspace(-span, span, ns)
     for i in range(nd):
@@ -331,7 +318,7 @@ def latent_traversal(grid, path=None, *, dims: Sequence[int] | None = None, span
             if i == 0:
                 axes[i, j].set_title(f"{t[j]:+.1f} sigma", fontsize=7)
         axes[i, 0].set_ylabel(f"z[{dims[i]}]", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -356,7 +343,7 @@ def latent_embedding(z, color=None, path=None, *, label: str = "", s: float = 4.
     _, sv, vt = np.linalg.svd(zc, full_matrices=False)
     xy = zc @ vt[:2].T
     frac = sv**2 / np.sum(sv**2)
-    fig = _figure(4.6, 4.0)
+    fig = new_figure(4.6, 4.0)
     ax = fig.subplots()
     if color is not None:
         c = np.asarray(color, np.float64)
@@ -368,5 +355,5 @@ def latent_embedding(z, color=None, path=None, *, label: str = "", s: float = 4.
         ax.scatter(xy[:, 0], xy[:, 1], s=s)
     ax.set_xlabel(f"PC 1 ({frac[0]:.0%} of variance)")
     ax.set_ylabel(f"PC 2 ({frac[1]:.0%} of variance)")
-    _save(fig, path)
+    save_figure(fig, path)
     return fig

@@ -24,7 +24,7 @@ __all__ = ["register"]
 
 
 def _load_data(args, split=None):
-    from .radio import load_radio
+    from galjax.radio import load_radio
 
     return load_radio(args.data, size=args.size, crop=args.crop, split=split)
 
@@ -32,8 +32,8 @@ def _load_data(args, split=None):
 def _train(args) -> int:
     import jax
 
-    from .models.gan import GANConfig
-    from .radio import train_gan
+    from galjax.models.gan import GANConfig
+    from galjax.radio import train_gan
 
     if args.steps < 1 or args.checkpoint_every < 1:
         raise SystemExit("--steps and --checkpoint-every: expected positive integers")
@@ -74,8 +74,8 @@ def _train(args) -> int:
 def _select(args) -> int:
     import jax
 
-    from .plot import image_grid
-    from .radio import (
+    from galjax.plot import image_grid
+    from galjax.radio import (
         evaluate_checkpoints,
         format_rmae_table,
         list_checkpoints,
@@ -113,8 +113,8 @@ def _select(args) -> int:
 def _sample(args) -> int:
     import jax
 
-    from .plot import image_grid
-    from .radio import (
+    from galjax.plot import image_grid
+    from galjax.radio import (
         checkpoint_path,
         class_index,
         list_checkpoints,

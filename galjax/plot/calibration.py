@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from galjax.calibration import ReliabilityCurve, pit_histogram, pit_uniformity
-from galjax.plot import _figure, _save
+from galjax.plot.figure import new_figure, save_figure
 
 __all__ = ["reliability_diagram", "roc_curves", "pit_figure"]
 
@@ -41,7 +41,7 @@ def reliability_diagram(
         curves = {"model": curves}
     if not isinstance(curves, Mapping) or not curves:
         raise TypeError("curves: expected a ReliabilityCurve or a non-empty dict of them")
-    fig = _figure(4.2, 4.8)
+    fig = new_figure(4.2, 4.8)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="calibrated")
     for i, (name, rc) in enumerate(curves.items()):
@@ -58,7 +58,7 @@ def reliability_diagram(
     bottom.set_ylabel("weight")
     if title:
         top.set_title(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -73,7 +73,7 @@ def roc_curves(rocs: Mapping[str, Mapping], path=None, title: str | None = None)
     """
     if not isinstance(rocs, Mapping) or not rocs:
         raise TypeError("rocs: expected a non-empty dict name -> {'fpr', 'tpr', 'auc'}")
-    fig = _figure(4.2, 4.0)
+    fig = new_figure(4.2, 4.0)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1)
     for name, r in rocs.items():
@@ -83,7 +83,7 @@ def roc_curves(rocs: Mapping[str, Mapping], path=None, title: str | None = None)
     ax.legend(fontsize=7, loc="lower right")
     if title:
         ax.set_title(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -97,7 +97,7 @@ def pit_figure(pit, n_bins: int = 20, path=None, title: str | None = None) -> Fi
       title: optional title.
     """
     sets = pit if isinstance(pit, Mapping) else {"PIT": pit}
-    fig = _figure(4.2, 3.2)
+    fig = new_figure(4.2, 3.2)
     ax = fig.subplots()
     for name, values in sets.items():
         dens, edges = pit_histogram(values, n_bins)
@@ -110,5 +110,5 @@ def pit_figure(pit, n_bins: int = 20, path=None, title: str | None = None) -> Fi
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig

@@ -15,7 +15,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__: list[str] = []  # private module
+__all__ = [
+    "is_concrete",
+    "as_float_array",
+    "check_rank",
+    "check_image",
+    "broadcast_as",
+    "check_finite",
+    "check_positive",
+    "check_range",
+    "mask_nonfinite",
+    "check_psf",
+    "check_probabilities",
+]
 
 
 def is_concrete(x) -> bool:

@@ -24,9 +24,9 @@ def _simulate(args) -> int:
     from astropy.io import fits
     from astropy.table import Table
 
-    from .io import write_fits, write_table
-    from .plot import image_grid
-    from .sim import SURVEYS, simulate_fields
+    from galjax.io import write_fits, write_table
+    from galjax.plot import image_grid
+    from galjax.sim import SURVEYS, simulate_fields
 
     if args.survey not in SURVEYS:
         raise SystemExit(f"--survey: unknown survey {args.survey!r}; choose from {sorted(SURVEYS)}")
@@ -110,7 +110,7 @@ def _simulate(args) -> int:
 
 
 def _train_config(args, n_steps):
-    from .train import TrainConfig
+    from galjax.train import TrainConfig
 
     return TrainConfig(
         n_steps=n_steps,
@@ -124,10 +124,10 @@ def _train_config(args, n_steps):
 
 def _load_stamps(args, survey, key):
     """Isolated training stamps: a FITS stack given by the user, or the simulator."""
-    from .train.recipes import make_stamps
+    from galjax.train.recipes import make_stamps
 
     if args.stamps:
-        from .io import load_fits_folder, read_fits_stack
+        from galjax.io import load_fits_folder, read_fits_stack
 
         if Path(args.stamps).is_dir():  # one stamp per FITS file
             img = load_fits_folder(args.stamps).images.astype(np.float32)
@@ -153,7 +153,7 @@ def _stage_workdir(out: Path, what: str, recipe: dict) -> Path:
     import json
     import shutil
 
-    from ._files import atomic_write
+    from galjax.core.files import atomic_write
 
     work = out / f"logs_{what}"
     inputs = {}
@@ -211,9 +211,9 @@ def _train(args) -> int:
 
     import jax
 
-    from .models import FlowConfig, GalaxyModel, VAEConfig, load_model, save_model
-    from .sim import SURVEYS, Survey
-    from .train.recipes import (
+    from galjax.models import FlowConfig, GalaxyModel, VAEConfig, load_model, save_model
+    from galjax.sim import SURVEYS, Survey
+    from galjax.train.recipes import (
         calibrate_flux_errors,
         encode_dataset,
         make_blend_cutouts,
@@ -312,7 +312,7 @@ def _train(args) -> int:
 def _read_positions(path, n_fields, max_sources):
     """Positions table (ECSV/FITS: columns x, y, optionally field and point) -> padded
     ``(positions, mask, point)`` (``point`` None without the column)."""
-    from .io import read_table
+    from galjax.io import read_table
 
     t = read_table(path)
     for col in ("x", "y"):
@@ -346,8 +346,8 @@ def _write_deblend_outputs(out, res, flux_err, positions, bands, field_image, si
     from astropy.io import fits
     from astropy.table import Table
 
-    from .io import write_fits, write_table
-    from .plot import field_panels
+    from galjax.io import write_fits, write_table
+    from galjax.plot import field_panels
 
     n, n_max = res.mask.shape
     field, source = np.nonzero(res.mask)
@@ -394,7 +394,7 @@ def _deblend(args) -> int:
 
     import jax
 
-    from .deblend import (
+    from galjax.deblend import (
         DeblendConfig,
         deblend,
         evaluate,
@@ -402,9 +402,9 @@ def _deblend(args) -> int:
         laplace_flux_errors,
         truth_apertures,
     )
-    from .io import read_fits, read_fits_stack
-    from .models import default_model_dir, load_model
-    from .sim import Survey, noise_variance, simulate_fields
+    from galjax.io import read_fits, read_fits_stack
+    from galjax.models import default_model_dir, load_model
+    from galjax.sim import Survey, noise_variance, simulate_fields
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -448,7 +448,7 @@ def _deblend(args) -> int:
             positions, mask, point = _read_positions(args.positions, len(fields),
                                                      args.max_sources)  # fmt: skip
         else:
-            from .detect import detect
+            from galjax.detect import detect
 
             if psf is None:
                 raise SystemExit("--psf: detection (no --positions) needs the PSF")
@@ -472,8 +472,8 @@ def _deblend(args) -> int:
     res = run(point=point)
     ivar = 1.0 / np.asarray(sigma, np.float32) ** 2
     if args.find_stars:
-        from ._checks import check_psf
-        from .deblend import point_source_tests
+        from galjax.core.checks import check_psf
+        from galjax.deblend import point_source_tests
 
         psf_b = check_psf("psf", psf_arg, bands=fields.shape[-1])
         found = point_source_tests(res, ivar, psf_b, positions) > 0
@@ -494,7 +494,7 @@ def _deblend(args) -> int:
         f"(mean {res.n_iter.mean():.0f} steps, {res.converged.mean():.0%} converged)"
     )
     if truth is not None:
-        from .baselines import segmentation_fluxes
+        from galjax.baselines import segmentation_fluxes
 
         ev = evaluate(res.models, truth.sources, truth.mask, truth.snr)["summary"]
         seg = segmentation_fluxes(truth.image, truth.positions, truth.mask, sigma)
@@ -647,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(func=_deblend)
 
     # Sub-commands of the other capabilities live beside their modules.
-    from . import cli_gan, cli_mask
+    from galjax.cli import gan as cli_gan, mask as cli_mask
 
     cli_mask.register(sub)
     cli_gan.register(sub)
@@ -696,7 +696,7 @@ def _use_cpu_cores() -> None:
     in ``XLA_FLAGS`` is kept. In a process where JAX already runs (a test, a notebook)
     nothing changes.
     """
-    from .train.parallel import _COUNT_FLAG, set_cpu_device_count
+    from galjax.train.parallel import _COUNT_FLAG, set_cpu_device_count
 
     if _COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
         return
