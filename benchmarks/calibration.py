@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, format_table, machine_info, write_json  # noqa: E402
 
-from galjax.calibration import (  # noqa: E402
+from galjax.scores.calibration import (  # noqa: E402
     expected_calibration_error,
     pit_uniformity,
     reliability_curve,
@@ -56,7 +56,7 @@ from galjax.classify import (  # noqa: E402
 from galjax.io import load_first  # noqa: E402
 from galjax.plot.calibration import pit_figure, reliability_diagram, roc_curves  # noqa: E402
 from galjax.sim import LSST_R, add_noise, render_galaxy, sample_galaxy  # noqa: E402
-from galjax.transforms import arcsinh_stretch, crop_or_pad, random_dihedral  # noqa: E402
+from galjax.image.transforms import arcsinh_stretch, crop_or_pad, random_dihedral  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

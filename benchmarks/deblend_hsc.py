@@ -42,7 +42,7 @@ from galjax.deblend import (
 from galjax.detect import detect
 from galjax.io import load_hsc_fits, load_hsc_npz
 from galjax.models import default_model_dir, load_model
-from galjax.transforms import crop_or_pad
+from galjax.image.transforms import crop_or_pad
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hsc_blends_scarlet"
 

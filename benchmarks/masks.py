@@ -8,7 +8,7 @@ evaluated on injections into data it never saw:
 * ``sim``: freshly simulated LSST_R fields (new seed),
 
 each with fresh random contaminants. Per class: ROC AUC over all pixels
-(galjax.metrics.auc), and TPR/FPR at the stored threshold. Speed: pixels per
+(galjax.scores.metrics.auc), and TPR/FPR at the stored threshold. Speed: pixels per
 second of :func:`galjax.masks.predict_mask` (tiled, overlapping tiles) on the
 full 256x256 field and on a 1024x1024 mosaic, compile time separate.
 

@@ -51,7 +51,7 @@ from galjax.ood import (
 from galjax.sim import Survey, render_galaxy, sample_galaxy, smooth_twin
 from galjax.train import TrainConfig
 from galjax.train_pixelcnn import train_pixelcnn
-from galjax.transforms import arcsinh_stretch, random_dihedral, resample
+from galjax.image.transforms import arcsinh_stretch, random_dihedral, resample
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cosmos_hst_f814w_100"
 

@@ -5,7 +5,7 @@ without generated images, 128 px, long GPU training) is the training budget? The
 classifiers of ``radio_gan.py`` are trained on fold 0 of the same stratified 5-fold
 split of the train+valid pool and tested on the fixed test split, with the settings
 below; augmentation is a random D4 symmetry per image and batch
-(:func:`galjax.transforms.random_dihedral`).
+(:func:`galjax.image.transforms.random_dihedral`).
 
 Writes benchmarks/results/radio_classifier_budget.json.
 
@@ -24,7 +24,7 @@ from _common import RESULTS_DIR, format_table, machine_info, write_json
 
 from galjax.classify import CNNClassifier, FCNClassifier, accuracy, predict_proba, train_classifier
 from galjax.radio import kfold_indices, load_radio
-from galjax.transforms import random_dihedral
+from galjax.image.transforms import random_dihedral
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "radio_first_fr_4class"
 

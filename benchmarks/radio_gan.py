@@ -58,7 +58,7 @@ from galjax.radio import (
     train_gan,
     write_rmae_table,
 )
-from galjax.transforms import random_dihedral
+from galjax.image.transforms import random_dihedral
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "radio_first_fr_4class"
 

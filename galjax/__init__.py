@@ -3,13 +3,13 @@
 Subpackages, from the bottom layer up:
 
 - :mod:`galjax.sim`: differentiable galaxy simulator (profiles, PSFs, noise, blends).
-- :mod:`galjax.io`, :mod:`galjax.transforms`: FITS/tables/cutouts, data-set loaders,
+- :mod:`galjax.io`, :mod:`galjax.image.transforms`: FITS/tables/cutouts, data-set loaders,
   jit-safe image transforms.
 - :mod:`galjax.models`: VAE, flow prior, model directories (imported on first use).
 - :mod:`galjax.train`: the training loop shared by every model, and the recipes.
 - :mod:`galjax.deblend`, :mod:`galjax.detect`, :mod:`galjax.baselines`: MAP deblending,
   detection, baseline methods (imported on first use).
-- :mod:`galjax.metrics`: MSE, SSIM, flux errors, bits/dim, ROC/AUC.
+- :mod:`galjax.scores.metrics`: MSE, SSIM, flux errors, bits/dim, ROC/AUC.
 - :mod:`galjax.plot`: figures; :mod:`galjax.cli`: the ``galjax`` command.
 
 Images are float32 arrays shaped ``(..., height, width, bands)``; positions are
@@ -18,7 +18,7 @@ Images are float32 arrays shaped ``(..., height, width, bands)``; positions are
 
 from importlib import metadata as _metadata
 
-from . import io, metrics, sim, train, transforms
+from . import core, image, io, scores, sim, train
 from .train.parallel import set_cpu_device_count
 
 try:
@@ -30,10 +30,12 @@ _LAZY = ("models", "deblend", "detect", "baselines", "plot")
 
 __all__ = [
     "io",
-    "metrics",
+    "core",
+    "image",
+    "scores",
     "sim",
     "train",
-    "transforms",
+
     *_LAZY,
     "set_cpu_device_count",
     "__version__",

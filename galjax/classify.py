@@ -335,7 +335,7 @@ def train_classifier(
       valid: optional ``(images, labels)``; evaluated every ``min(200, n_steps)``
         steps (loss and accuracy in ``history["eval"]``).
       augment: optional ``fn(key, batch_images) -> batch_images`` applied to each
-        training batch (e.g. :func:`galjax.transforms.random_dihedral`).
+        training batch (e.g. :func:`galjax.image.transforms.random_dihedral`).
       progress: show a progress bar.
       patience: early-stopping patience in evaluations (needs ``valid``).
 

@@ -38,7 +38,7 @@ from .models.store import GalaxyModel
 from .models.vae import decode, encode
 from .sim.blend import place_stamp
 from .sim.psf import convolve_fft, fft_size
-from .transforms import crop_or_pad, cutouts
+from galjax.image.transforms import crop_or_pad, cutouts
 
 __all__ = [
     "DeblendConfig",
@@ -1265,7 +1265,7 @@ def evaluate(models, true_sources, mask, snr=None, snr_min: float = 10.0, stamp:
       dict with per-galaxy arrays ``dflux`` (signed ``(F - F_true) / F_true`` in the
       first band), ``ssim`` and a ``summary`` of mean/median ``|dF/F|`` and mean SSIM.
     """
-    from .metrics import ssim
+    from galjax.scores.metrics import ssim
 
     models = np.asarray(models)
     true_sources = np.asarray(true_sources)
@@ -1359,7 +1359,7 @@ def evaluate_apertures(models, residual, field, noiseless, true_sources, mask, a
       snr: ``(n, n_max)``; galaxies below ``snr_min`` are left out (all kept if None).
       band: the band measured.
       max_contamination: MADNESS's cut on ``A_i(y) / A_i(n + s_i) - 1``.
-      subsample: sub-pixels per side of :func:`galjax.metrics.elliptical_aperture_flux`.
+      subsample: sub-pixels per side of :func:`galjax.scores.metrics.elliptical_aperture_flux`.
 
     Returns:
       dict: per selected galaxy ``dflux`` and ``dflux_blended`` (signed),
@@ -1409,9 +1409,9 @@ def evaluate_apertures(models, residual, field, noiseless, true_sources, mask, a
 
 @functools.partial(jax.jit, static_argnames="subsample")
 def _aperture_fluxes(images, x, y, a, b, theta, subsample):
-    """:func:`galjax.metrics.elliptical_aperture_flux` vmapped over ``(n, h, w, bands)``
+    """:func:`galjax.scores.metrics.elliptical_aperture_flux` vmapped over ``(n, h, w, bands)``
     images and their apertures; compiled once per shape, not once per call."""
-    from .metrics import elliptical_aperture_flux
+    from galjax.scores.metrics import elliptical_aperture_flux
 
     one = lambda img, *e: elliptical_aperture_flux(img, *e, subsample)  # noqa: E731
     return jax.vmap(one)(images, x, y, a, b, theta)

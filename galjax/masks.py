@@ -60,7 +60,7 @@ import optax
 from galjax.core.checks import as_float_array, check_image, check_positive, is_concrete
 from galjax.core.files import atomic_write
 from galjax.train import TrainConfig, fit, init_state, make_train_step
-from galjax.transforms import arcsinh_stretch, random_dihedral
+from galjax.image.transforms import arcsinh_stretch, random_dihedral
 
 __all__ = [
     "MASK_CLASSES",
@@ -377,7 +377,7 @@ def robust_background(image):
 def stretch_for_mask(image, background, sigma):
     """Network input ``arcsinh((image - background) / sigma)``.
 
-    Uses :func:`galjax.transforms.arcsinh_stretch`; ``image`` is ``(..., h, w, 1)``.
+    Uses :func:`galjax.image.transforms.arcsinh_stretch`; ``image`` is ``(..., h, w, 1)``.
     """
     image = check_image("image", image)
     return arcsinh_stretch(image - jnp.asarray(background, image.dtype), sigma)
@@ -670,7 +670,7 @@ def mask_bits(probs, thresholds=0.5):
 
 
 def per_class_auc(probs, labels, class_names=MASK_CLASSES):
-    """ROC AUC of every class over all pixels (:func:`galjax.metrics.auc`).
+    """ROC AUC of every class over all pixels (:func:`galjax.scores.metrics.auc`).
 
     Args:
       probs: ``(..., n_classes)`` per-pixel probabilities.
@@ -680,7 +680,7 @@ def per_class_auc(probs, labels, class_names=MASK_CLASSES):
     Returns:
       dict ``name -> AUC`` (NaN for a class with no positive or no negative pixel).
     """
-    from galjax.metrics import auc
+    from galjax.scores.metrics import auc
 
     p = np.asarray(as_float_array("probs", probs))
     y = np.asarray(labels)

@@ -13,12 +13,12 @@ Serra et al. 2020; Ren et al. 2019). This module provides the corrections:
   properties cancel, the ratio measures ``log p(details | global)``.
 - **Background model ratio** (Ren et al. 2019): the second model is trained on
   inputs with a fraction ``mu`` of pixels replaced by uniform noise
-  (:func:`perturbed_sampler`, built on :func:`galjax.transforms.perturb_pixels`).
+  (:func:`perturbed_sampler`, built on :func:`galjax.image.transforms.perturb_pixels`).
 - **Input complexity** (Serra et al. 2020): ``S(x) = -log2 p(x) - L(x)`` with
   ``L`` the length in bits of the losslessly compressed quantised image
   (:func:`compressed_bits`, :func:`complexity_score`).
 - Evaluation: :func:`auroc` / :func:`roc` between two samples for any score
-  (via :mod:`galjax.metrics`), and the per-pixel figure :func:`llr_figure`.
+  (via :mod:`galjax.scores.metrics`), and the per-pixel figure :func:`llr_figure`.
 
 Convention: a *score* is larger for *more anomalous* inputs; :func:`auroc` puts
 the out-of-distribution sample in the positive class.
@@ -39,10 +39,10 @@ import numpy as np
 import optax
 
 from galjax.core.checks import check_image, check_positive, check_psf, is_concrete
-from galjax.metrics import auc, roc_curve
+from galjax.scores.metrics import auc, roc_curve
 from galjax.models.pixelcnn import PixelCNNConfig, check_input, log_prob_map, quantise
 from galjax.sim import RenderConfig, add_noise, render, sersic_sb
-from galjax.transforms import perturb_pixels
+from galjax.image.transforms import perturb_pixels
 
 __all__ = [
     "FIT_RENDER",
@@ -377,7 +377,7 @@ def perturbed_sampler(
 
     Each call draws ``batch_size`` random images of ``x`` and replaces each pixel
     with probability ``rate`` (the mutation rate mu; Ren et al. use 0.1-0.3) by a
-    value uniform in ``[low, high]`` (:func:`galjax.transforms.perturb_pixels`);
+    value uniform in ``[low, high]`` (:func:`galjax.image.transforms.perturb_pixels`);
     with ``n_bits`` the result is re-quantised onto the discrete head's grid.
 
     Args:

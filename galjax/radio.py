@@ -48,7 +48,7 @@ import numpy as np
 from galjax.core.files import atomic_write
 from .models.gan import GANConfig, GANState, generate, init_gan, make_gan_step
 from .train.checkpoint import load_checkpoint_metadata, restore_checkpoint, save_checkpoint
-from .transforms import crop_or_pad, random_dihedral, rotate
+from galjax.image.transforms import crop_or_pad, random_dihedral, rotate
 
 __all__ = [
     "CLASS_NAMES",
@@ -221,8 +221,8 @@ def augment_images(key, images, rotation: bool = True):
     """Random flips and rotations of ``(n, h, w, bands)`` images in [-1, 1].
 
     Each image gets one of the 8 symmetries of the square
-    (:func:`galjax.transforms.random_dihedral`) and, with ``rotation``, a further
-    uniform rotation in [0, pi/2) (bilinear, :func:`galjax.transforms.rotate`;
+    (:func:`galjax.image.transforms.random_dihedral`) and, with ``rotation``, a further
+    uniform rotation in [0, pi/2) (bilinear, :func:`galjax.image.transforms.rotate`;
     the empty sky value -1 fills the corners). Works under ``jit``.
 
     >>> augment_images(jax.random.key(0), -jnp.ones((2, 8, 8, 1))).shape

@@ -4,7 +4,7 @@ Bases: the real ESO NTT/EMMI field (rows [0, 176) only; rows [176, 256) are kept
 for held-out evaluation in benchmarks/masks.py) plus simulated LSST-like fields
 from galjax.sim. Contaminants are injected on the fly (galjax.masks). Per-class
 thresholds are chosen on separate validation injections at a false-positive
-rate of 1e-3 (galjax.calibration.threshold_at_fpr) and stored with the weights.
+rate of 1e-3 (galjax.scores.calibration.threshold_at_fpr) and stored with the weights.
 
     nice -n 10 python scripts/train_mask_weights.py --steps 1500
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from galjax.calibration import threshold_at_fpr
+from galjax.scores.calibration import threshold_at_fpr
 from galjax.io import load_sep_field
 from galjax.masks import (
     MASK_CLASSES,

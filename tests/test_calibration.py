@@ -1,11 +1,11 @@
-"""Tests for galjax.calibration and galjax.plot_calibration."""
+"""Tests for galjax.scores.calibration and galjax.plot_calibration."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from galjax.calibration import (
+from galjax.scores.calibration import (
     expected_calibration_error,
     pit_histogram,
     pit_uniformity,

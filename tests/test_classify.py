@@ -27,7 +27,7 @@ from galjax.classify import (
     train_classifier,
     train_pdf_regressor,
 )
-from galjax.transforms import random_dihedral
+from galjax.image.transforms import random_dihedral
 
 
 def _toy(key, n=64, size=8):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from galjax import transforms
+from galjax.image import transforms
 from galjax.io import (
     load_cosmos,
     load_first,

@@ -21,7 +21,7 @@ from galjax.deblend import (
     shift_stamp,
 )
 from galjax.models import FlowConfig, GalaxyModel, VAEConfig, init_flow, init_vae
-from galjax.transforms import cutouts
+from galjax.image.transforms import cutouts
 
 CFG = VAEConfig(stamp_size=15, latent_dim=4, hidden=(16,), enc_channels=(4, 8),
                 dec_channels=(8, 4), dec_start=4, scale=1.0)  # fmt: skip

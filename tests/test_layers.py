@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "galjax"
 # Rank of each top-level folder of galjax; a module may import a folder of lower rank.
 LAYERS = {
     "core": 0,
-    "io": 1,
+    "io": 2,
     "image": 1,
     "sim": 2,
     "scores": 3,

@@ -1,4 +1,4 @@
-"""Tests for galjax.metrics against hand-computed numpy references."""
+"""Tests for galjax.scores.metrics against hand-computed numpy references."""
 
 import itertools
 import math
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from galjax.metrics import (
+from galjax.scores.metrics import (
     auc,
     bits_per_dim,
     chi2_per_pixel,
@@ -18,7 +18,7 @@ from galjax.metrics import (
     relative_flux_error,
     roc_curve,
 )
-from galjax.metrics import ssim as ssim_fn
+from galjax.scores.metrics import ssim as ssim_fn
 
 
 def _images(seed=0, shape=(2, 16, 16, 2)):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from galjax.metrics import auc
+from galjax.scores.metrics import auc
 from galjax.models.pixelcnn import PixelCNNConfig, init_pixelcnn, log_prob, log_prob_map, quantise
 from galjax.ood import (
     FitConfig,

@@ -1,4 +1,4 @@
-"""Tests for galjax.transforms: values, invariants, jit/vmap/grad and bad input."""
+"""Tests for galjax.image.transforms: values, invariants, jit/vmap/grad and bad input."""
 
 import functools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from galjax import transforms as T
+from galjax.image import transforms as T
 
 
 def _image(shape=(6, 6, 2), seed=0):

@@ -514,7 +514,7 @@ def load_fits_folder(directory, pattern: str = "*.fits", hdu=None) -> FitsFolder
     if len(set(shapes.values())) > 1:
         raise ValueError(
             f"directory: images in {str(directory)!r} differ in shape, cannot stack: {shapes}; "
-            "narrow the pattern or crop them (galjax.transforms.crop_or_pad)"
+            "narrow the pattern or crop them (galjax.image.transforms.crop_or_pad)"
         )
     images = np.stack([r.data for r in read])
     return FitsFolder(images, tuple(p.name for p in paths), tuple(r.wcs for r in read))

@@ -17,7 +17,7 @@ layer to a ``start x start`` feature map, then stride-2 transposed convolutions
 (sub-pixel form; batch or layer normalisation, ReLU) up to ``image_size``; a final 3x3 convolution
 gives one band. The output ``G = clip(smear(a(raw)))`` (or ``smear(clip(a(raw)))``)
 where ``a`` is ``tanh`` or the identity and ``smear`` an optional Gaussian blur
-(:func:`galjax.transforms.gaussian_smear`, 3x3 kernel) -- the smearing that the
+(:func:`galjax.image.transforms.gaussian_smear`, 3x3 kernel) -- the smearing that the
 talk proposes to apply inside the generator, before the clipping to [-1, 1]. The
 critic is a CNN of stride-2 convolutions with layer normalisation (never batch
 normalisation: the gradient penalty is per image) and LeakyReLU, the class given
@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..transforms import gaussian_smear
+from galjax.image.transforms import gaussian_smear
 
 __all__ = [
     "GANConfig",

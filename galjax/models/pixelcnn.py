@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from galjax.core.checks import check_image, is_concrete
-from ..metrics import bits_per_dim as _bits_per_dim
+from galjax.scores.metrics import bits_per_dim as _bits_per_dim
 
 __all__ = [
     "HEADS",
@@ -598,7 +598,7 @@ def log_prob(params, config: PixelCNNConfig, x, y=None, key=None):
 
 
 def bits_per_dim(params, config: PixelCNNConfig, x, y=None):
-    """``-log p(x) / (h w bands ln 2)`` per image (:func:`galjax.metrics.bits_per_dim`).
+    """``-log p(x) / (h w bands ln 2)`` per image (:func:`galjax.scores.metrics.bits_per_dim`).
 
     For the discrete head this is the usual bits/dim of 8-bit data (2.92 for
     PixelCNN++ on CIFAR-10). For a continuous head it is the log-density of the

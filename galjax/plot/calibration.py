@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from galjax.calibration import ReliabilityCurve, pit_histogram, pit_uniformity
+from galjax.scores.calibration import ReliabilityCurve, pit_histogram, pit_uniformity
 from galjax.plot.figure import new_figure, save_figure
 
 __all__ = ["reliability_diagram", "roc_curves", "pit_figure"]
@@ -23,7 +23,7 @@ def reliability_diagram(
     """Observed frequency against predicted probability, with the diagonal and bin counts.
 
     Args:
-      curves: one :class:`~galjax.calibration.ReliabilityCurve` or a dict
+      curves: one :class:`~galjax.scores.calibration.ReliabilityCurve` or a dict
         ``label -> curve`` (e.g. ``{"before": ..., "after prior correction": ...}``).
       path: optional file to save to.
       title: optional title.
@@ -32,7 +32,7 @@ def reliability_diagram(
       The figure (two axes: reliability on top, bin weights below).
 
     >>> import jax.numpy as jnp
-    >>> from galjax.calibration import reliability_curve
+    >>> from galjax.scores.calibration import reliability_curve
     >>> fig = reliability_diagram(reliability_curve(jnp.array([0.2, 0.8]), jnp.array([0, 1]), 5))
     >>> len(fig.axes)
     2
@@ -67,7 +67,7 @@ def roc_curves(rocs: Mapping[str, Mapping], path=None, title: str | None = None)
 
     Args:
       rocs: ``name -> {"fpr", "tpr", "auc"}`` as returned by
-        :func:`galjax.calibration.roc_per_class`.
+        :func:`galjax.scores.calibration.roc_per_class`.
       path: optional file to save to.
       title: optional title.
     """

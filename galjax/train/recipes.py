@@ -27,7 +27,7 @@ from ..sim.galaxy import render_galaxy
 from ..sim.noise import noise_variance
 from ..sim.psf import convolve_fft
 from ..sim.survey import Survey, sample_galaxy
-from ..transforms import cutouts
+from galjax.image.transforms import cutouts
 from .config import TrainConfig
 from .loop import fit
 from .state import init_state, make_train_step

@@ -7,7 +7,7 @@
   (Naeini et al. 2015; Guo et al. 2017), optionally with per-example weights
   (e.g. ``P(c) / P_test(c)`` to evaluate at another class mix).
 * :func:`roc_per_class`: one-vs-rest ROC curves and AUCs from
-  :func:`galjax.metrics.roc_curve` / :func:`galjax.metrics.auc`;
+  :func:`galjax.scores.metrics.roc_curve` / :func:`galjax.scores.metrics.auc`;
   :func:`threshold_at_fpr` the score threshold reaching a chosen false-positive rate.
 * :func:`pit_histogram`, :func:`pit_uniformity`: histogram of probability integral
   transform values and Kolmogorov-Smirnov / chi^2 tests of their uniformity.
@@ -33,7 +33,7 @@ import numpy as np
 from scipy import stats
 
 from galjax.core.checks import as_float_array, check_probabilities, is_concrete
-from galjax.metrics import auc, roc_curve
+from galjax.scores.metrics import auc, roc_curve
 
 __all__ = [
     "ReliabilityCurve",
@@ -225,7 +225,7 @@ def roc_per_class(probs, labels, class_names=None):
 def threshold_at_fpr(scores, labels, fpr: float):
     """Lowest score threshold whose false-positive rate does not exceed ``fpr``.
 
-    Classify ``s >= t`` as positive. Among the ROC thresholds (:func:`galjax.metrics.roc_curve`)
+    Classify ``s >= t`` as positive. Among the ROC thresholds (:func:`galjax.scores.metrics.roc_curve`)
     with ``FPR(t) <= fpr`` this returns the one with the largest true-positive rate.
 
     Args:
