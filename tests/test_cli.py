@@ -254,3 +254,12 @@ def test_deblend_cpu_devices_setting(monkeypatch, tmp_path):
     # JAX already runs in this process: its devices are kept, nothing is raised.
     monkeypatch.setenv("GALJAX_CPU_DEVICES", "3")
     _use_cpu_cores()
+
+
+def test_version_flag(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"galjax {metadata.version('galjax')}"

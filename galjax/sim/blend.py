@@ -7,12 +7,13 @@ fields at once; :func:`simulate_fields` does that in chunks and returns numpy.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from galjax.core.cache import bounded_cache
 
 from .galaxy import GalaxyParams, render_galaxy
 from .noise import add_noise, noise_variance
@@ -183,7 +184,7 @@ def simulate_field(
     return Field(image, noiseless, sigma, sources, pos, fluxes, mask, snr, params)
 
 
-@functools.lru_cache(maxsize=16)
+@bounded_cache(maxsize=16)
 def _compiled_simulator(survey: Survey, n_max: int, items: tuple):
     # One jitted function per (survey, n_max, options): repeated calls reuse its
     # compiled executables instead of tracing and compiling a new lambda each time.

@@ -25,17 +25,12 @@ import numpy as np
 
 from galjax.core.files import atomic_write
 
-__all__ = ["save_checkpoint", "restore_checkpoint", "load_checkpoint_metadata"]
+__all__ = ["save_checkpoint", "restore_checkpoint", "load_checkpoint_metadata", "to_host"]
 
 _FORMAT = "galjax-checkpoint-1"
 
 
 def _galjax_version() -> str:
-    import galjax
-
-    version = getattr(galjax, "__version__", None)
-    if version is not None:
-        return str(version)
     try:
         return importlib.metadata.version("galjax")
     except importlib.metadata.PackageNotFoundError:
@@ -56,7 +51,7 @@ def _json_default(obj):
     raise TypeError(f"metadata: value of type {type(obj).__name__} is not JSON-serialisable")
 
 
-def _to_host(tree):
+def to_host(tree):
     """Fetch every array leaf to a numpy array (replicated multi-host arrays too)."""
 
     def fetch(x):
@@ -104,7 +99,7 @@ def save_checkpoint(path, state, metadata: dict[str, Any] | None = None) -> Path
         raise TypeError(f"metadata: expected a dict or None, got {type(metadata).__name__}")
     if jax.process_index() != 0:
         return path
-    host_state = _to_host(state)
+    host_state = to_host(state)
     meta = {
         "galjax_version": _galjax_version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),

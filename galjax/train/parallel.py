@@ -29,6 +29,7 @@ __all__ = [
     "replicate",
     "check_divisible",
     "set_cpu_device_count",
+    "COUNT_FLAG",
 ]
 
 #: Name of the mesh axis the batch is split along.
@@ -114,7 +115,8 @@ def replicate(tree, mesh: Mesh):
     )
 
 
-_COUNT_FLAG = "--xla_force_host_platform_device_count"
+#: The XLA flag that sets the number of CPU devices.
+COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
 def set_cpu_device_count(n: int | None = None) -> int:
@@ -153,6 +155,6 @@ def set_cpu_device_count(n: int | None = None) -> int:
                 "before the first JAX computation"
             )
         return n
-    flags = re.sub(rf"{_COUNT_FLAG}=\S*", "", os.environ.get("XLA_FLAGS", "")).split()
-    os.environ["XLA_FLAGS"] = " ".join([*flags, f"{_COUNT_FLAG}={n}"])
+    flags = re.sub(rf"{COUNT_FLAG}=\S*", "", os.environ.get("XLA_FLAGS", "")).split()
+    os.environ["XLA_FLAGS"] = " ".join([*flags, f"{COUNT_FLAG}={n}"])
     return n
