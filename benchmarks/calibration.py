@@ -29,6 +29,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, format_table, machine_info, write_json  # noqa: E402
 
+from galjax.image.transforms import arcsinh_stretch, crop_or_pad, random_dihedral  # noqa: E402
+from galjax.io import load_first  # noqa: E402
+from galjax.models.classifier import (  # noqa: E402
+    BinnedPDFRegressor,
+    CNNClassifier,
+    predict_pdf,
+    predict_proba,
+)
+from galjax.plot.calibration import pit_figure, reliability_diagram, roc_curves  # noqa: E402
 from galjax.scores.calibration import (  # noqa: E402
     expected_calibration_error,
     pit_uniformity,
@@ -36,27 +45,21 @@ from galjax.scores.calibration import (  # noqa: E402
     roc_per_class,
     threshold_at_fpr,
 )
-from galjax.classify import (  # noqa: E402
-    BinnedPDFRegressor,
-    CNNClassifier,
+from galjax.scores.classification import (  # noqa: E402
     accuracy,
-    bin_edges,
     class_priors,
     correct_priors,
+    resample_to_priors,
+)
+from galjax.scores.pdf import (  # noqa: E402
+    bin_edges,
     outlier_fraction,
     pdf_point_estimate,
     pit_values,
-    predict_pdf,
-    predict_proba,
-    resample_to_priors,
     sigma_mad,
-    train_classifier,
-    train_pdf_regressor,
 )
-from galjax.io import load_first  # noqa: E402
-from galjax.plot.calibration import pit_figure, reliability_diagram, roc_curves  # noqa: E402
 from galjax.sim import LSST_R, add_noise, render_galaxy, sample_galaxy  # noqa: E402
-from galjax.image.transforms import arcsinh_stretch, crop_or_pad, random_dihedral  # noqa: E402
+from galjax.train.recipes.classifier import train_classifier, train_pdf_regressor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -14,7 +14,7 @@ galaxies only).
 
 Reported per scene: residual chi^2 per pixel (all bands, usable pixels), per band,
 and for comparison the chi^2 of no model (the data alone) and of a parametric fit
-(one Sersic per source with the same PSFs, :func:`galjax.baselines.fit_scene`).
+(one Sersic per source with the same PSFs, :func:`galjax.fit.fit_scene`).
 There is no truth for real blends, so chi^2 ~ 1 is the figure of merit. Writes
 ``benchmarks/results/deblend_hsc.json`` and ``deblend_hsc.png``.
 
@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 from _common import RESULTS_DIR, format_table, machine_info, write_json
 
-from galjax.baselines import fit_scene
 from galjax.deblend import (
     DeblendConfig,
     deblend,
@@ -40,9 +39,10 @@ from galjax.deblend import (
     point_source_tests,
 )
 from galjax.detect import detect
+from galjax.fit import fit_scene
+from galjax.image.transforms import crop_or_pad
 from galjax.io import load_hsc_fits, load_hsc_npz
 from galjax.models import default_model_dir, load_model
-from galjax.image.transforms import crop_or_pad
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hsc_blends_scarlet"
 

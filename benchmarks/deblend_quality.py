@@ -18,19 +18,17 @@ import numpy as np
 from _common import RESULTS_DIR, format_table, machine_info, write_json
 
 from galjax import set_cpu_device_count
-from galjax.baselines import fit_scene, segmentation_fluxes
 from galjax.deblend import (
     DeblendConfig,
     calibrate_model_error,
     debias_fluxes,
     deblend,
-    evaluate,
-    evaluate_apertures,
     laplace_flux_errors,
     refit_amplitudes,
-    truth_apertures,
 )
+from galjax.fit import fit_scene, segmentation_fluxes
 from galjax.models import default_model_dir, load_model
+from galjax.scores.truth import evaluate, evaluate_apertures, truth_apertures
 from galjax.sim import LSST_R, noise_variance, simulate_fields
 
 SNR_BINS = (10.0, 20.0, 50.0, 100.0, np.inf)

@@ -29,7 +29,9 @@ import numpy as np
 from _common import RESULTS_DIR, best_time, cost_analysis, format_table, machine_info, write_json
 
 from galjax import set_cpu_device_count
-from galjax.deblend import DeblendConfig, _deblend_chunk, _objective, deblend, deblend_field
+from galjax.deblend import DeblendConfig, deblend, deblend_field
+from galjax.deblend.objective import objective
+from galjax.deblend.solve import deblend_chunk
 from galjax.models import decode, default_model_dir, load_model
 from galjax.sim import LSST_R, noise_variance, simulate_fields
 
@@ -56,12 +58,11 @@ def _ceiling_gflops(model, batches=(4, 16, 64, 256, 1024)) -> tuple[float, dict]
     return max(rates.values()), rates
 
 
-def _flops_per_step(model, fields, pos, mask, ivar, static) -> float:
+def _flops_per_step(model, fields, pos, mask, ivar, cfg) -> float:
     """XLA's flop count of one objective + gradient evaluation per field."""
 
     def one(z, f, p, m, iv):
-        a = (model.vae_params, model.flow_params, f, p, m, iv, None)
-        return jax.value_and_grad(_objective)(z, a, static)
+        return jax.value_and_grad(objective)(z, model, f, p, m, iv, None, cfg)
 
     z = jnp.zeros(pos.shape[1:2] + (model.vae_config.latent_dim,), jnp.float32)
     c = jax.jit(one).lower(z, fields[0], pos[0], mask[0], ivar[0]).compile()
@@ -133,14 +134,12 @@ def _decoder_grad_ms(model, k: int = 4, steps: int = 100) -> dict:
 def _step_ms_by_sources(model, fields, pos, mask, ivar, steps: int = 100) -> dict:
     """Milliseconds per MAP step of one field solved on k = 1..n_max source slots."""
     cfg = DeblendConfig(n_steps=steps, patience=10**6)
-    static = (model.vae_config, model.flow_config, cfg)
-    params = (model.vae_params, model.flow_params, model.init_params)
     i = int(np.argmax(mask.sum(axis=1)))  # a field with the most sources
     out = {}
     for k in range(1, mask.shape[1] + 1):
         b = (fields[i : i + 1], pos[i : i + 1, :k], mask[i : i + 1, :k], ivar[i : i + 1])
-        c = _deblend_chunk.lower(params, *b, None, static, None).compile()
-        t = best_time(lambda c=c, b=b: jax.block_until_ready(c(params, *b, None)), repeats=5)
+        c = deblend_chunk.lower(model, *b, None, cfg, None).compile()
+        t = best_time(lambda c=c, b=b: jax.block_until_ready(c(model, *b, None)), repeats=5)
         out[str(k)] = 1e3 * t / steps
     print("ms per MAP step by source slots:", {k: round(v, 3) for k, v in out.items()})
     return out
@@ -176,12 +175,10 @@ def main():
     sigma = np.sqrt(np.asarray(var, np.float32))
     ivar = (1.0 / sigma**2).astype(np.float32)
     fields, pos, mask = truth.image.astype(np.float32), truth.positions, truth.mask
-    params = (model.vae_params, model.flow_params, model.init_params)
     fixed = DeblendConfig(n_steps=200, patience=10**6)  # never stops early
     early = DeblendConfig(n_steps=200)
     ceiling, ceiling_by_batch = _ceiling_gflops(model)
-    flops_step = _flops_per_step(model, fields, pos, mask, ivar,
-                                 (model.vae_config, model.flow_config, fixed))  # fmt: skip
+    flops_step = _flops_per_step(model, fields, pos, mask, ivar, fixed)
     print(f"ceiling (decoder layers alone, best batch): {ceiling:.1f} GFLOP/s {ceiling_by_batch}; "
           f"{flops_step / 1e6:.1f} MFLOP per field-step")  # fmt: skip
 
@@ -218,19 +215,18 @@ def main():
         for name, (cfg, group, n_up_to) in variants.items():
             if n > n_up_to:
                 continue
-            static = (model.vae_config, model.flow_config, cfg)
             t0 = time.perf_counter()
-            compiled = _deblend_chunk.lower(params, *batch, None, static, group).compile()
+            compiled = deblend_chunk.lower(model, *batch, None, cfg, group).compile()
             row[f"compile_s_{name}"] = time.perf_counter() - t0
             # Small calls: best of 3 after a warm-up run (the first run of an executable
             # pays one-off costs, as the loop's first call does); large ones: one run.
             repeats = 3 if n <= 16 else 1
             if repeats > 1:
-                jax.block_until_ready(compiled(params, *batch, None))
+                jax.block_until_ready(compiled(model, *batch, None))
             dt = float("inf")
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                res = jax.block_until_ready(compiled(params, *batch, None))
+                res = jax.block_until_ready(compiled(model, *batch, None))
                 dt = min(dt, time.perf_counter() - t0)
             steps = float(np.asarray(res.n_iter).sum())
             row[f"run_s_{name}"] = dt

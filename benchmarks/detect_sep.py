@@ -44,7 +44,8 @@ from _common import (
     write_json,
 )
 
-from galjax.detect import detect, estimate_background, match_positions, matched_filter
+from galjax.detect import detect, match_positions, matched_filter
+from galjax.image.background import estimate_background
 from galjax.io.datasets import load_sep_field
 from galjax.sim import gaussian_psf
 
@@ -103,13 +104,13 @@ def main(argv=None):
     own = estimate_background(image, box=64, filter_size=3)
     t_own_bkg = time.perf_counter() - t0
     bkg_agreement = {
-        "max_abs_back_diff_over_rms": float(np.max(np.abs(own.background - back)) / rms.mean()),
+        "max_abs_back_diff_over_rms": float(np.max(np.abs(own.level - back)) / rms.mean()),
         "max_rel_rms_diff": float(np.max(np.abs(own.rms / rms - 1.0))),
     }
     rows = []
     for thr in THRESHOLDS:
         det = detect(image, psf, rms, thr, MIN_SEPARATION, MAX_PEAKS, background=back)
-        det_own = detect(image, psf, own.rms, thr, MIN_SEPARATION, MAX_PEAKS, own.background)
+        det_own = detect(image, psf, own.rms, thr, MIN_SEPARATION, MAX_PEAKS, own.level)
         s = _scores(det.positions, det.mask, true)
         so = _scores(det_own.positions, det_own.mask, true)
         rows.append(

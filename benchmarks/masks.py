@@ -9,7 +9,7 @@ evaluated on injections into data it never saw:
 
 each with fresh random contaminants. Per class: ROC AUC over all pixels
 (galjax.scores.metrics.auc), and TPR/FPR at the stored threshold. Speed: pixels per
-second of :func:`galjax.masks.predict_mask` (tiled, overlapping tiles) on the
+second of :func:`galjax.detect.masks.predict_mask` (tiled, overlapping tiles) on the
 full 256x256 field and on a 1024x1024 mosaic, compile time separate.
 
     nice -n 10 python benchmarks/masks.py
@@ -28,16 +28,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, format_table, machine_info, write_json  # noqa: E402
 
+from galjax.detect.masks import predict_mask  # noqa: E402
+from galjax.image.background import estimate_background  # noqa: E402
 from galjax.io import load_sep_field  # noqa: E402
-from galjax.masks import (  # noqa: E402
-    MASK_CLASSES,
-    load_mask_model,
-    make_injection_sampler,
-    per_class_auc,
-    predict_mask,
-    robust_background,
-)
+from galjax.models.masknet import load_mask_model  # noqa: E402
+from galjax.scores.classification import per_class_auc  # noqa: E402
 from galjax.sim import LSST_R, simulate_fields  # noqa: E402
+from galjax.sim.contaminants import MASK_CLASSES  # noqa: E402
+from galjax.train.recipes.masknet import make_injection_sampler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -104,7 +102,7 @@ def main(argv=None) -> int:
     field = load_sep_field(DATA / "field_eso_ntt_emmi_sep")
     full = np.asarray(field.image, np.float32)
     held = full[HELD_OUT_ROWS]
-    bg, sig = robust_background(held)
+    bg, sig = estimate_background(held, method="global")
     real_sampler = make_injection_sampler(held[None], [bg], [sig], 64, 16)
     sims = simulate_fields(k_simf, 64, LSST_R, n_max=4).image.astype(np.float32)
     sim_sampler = make_injection_sampler(

@@ -34,24 +34,17 @@ import numpy as np
 from _common import RESULTS_DIR, format_table, machine_info, write_json
 from scipy.stats import spearmanr
 
+from galjax.fit import FIT_RENDER, FitConfig, fit_sersic, render_archetypes
+from galjax.image.background import estimate_background
+from galjax.image.transforms import arcsinh_stretch, random_dihedral, resample
 from galjax.io import load_cosmos
 from galjax.models.pixelcnn import PixelCNNConfig, bits_per_dim, log_prob_map, quantise, sample
-from galjax.ood import (
-    FIT_RENDER,
-    FitConfig,
-    add_background,
-    auroc,
-    compressed_bits,
-    estimate_background,
-    fit_sersic,
-    llr_figure,
-    perturbed_sampler,
-    render_archetypes,
-)
-from galjax.sim import Survey, render_galaxy, sample_galaxy, smooth_twin
+from galjax.ood import compressed_bits, perturbed_sampler
+from galjax.plot.ood import llr_figure
+from galjax.scores.metrics import auroc
+from galjax.sim import Survey, add_background, render_galaxy, sample_galaxy, smooth_twin
 from galjax.train import TrainConfig
-from galjax.train_pixelcnn import train_pixelcnn
-from galjax.image.transforms import arcsinh_stretch, random_dihedral, resample
+from galjax.train.recipes.pixelcnn import train_pixelcnn
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cosmos_hst_f814w_100"
 
@@ -263,7 +256,7 @@ def main():
                 for im in s.images
             ]
         )
-        level, sig = estimate_background(imgs, border=3)
+        level, sig = estimate_background(imgs, "border", border=3)
         norm = (imgs - level) / sig  # sky std ~ 1 as in the simulations
         ones = jnp.ones((len(norm), 1, 1, 1), jnp.float32)
         arch_c, fit_c = archetypes_of(next(ks), jnp.asarray(norm), ones, None)

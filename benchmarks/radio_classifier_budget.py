@@ -22,9 +22,12 @@ import jax
 import jax.numpy as jnp
 from _common import RESULTS_DIR, format_table, machine_info, write_json
 
-from galjax.classify import CNNClassifier, FCNClassifier, accuracy, predict_proba, train_classifier
-from galjax.radio import kfold_indices, load_radio
+from galjax.experiments.radio import kfold_indices
 from galjax.image.transforms import random_dihedral
+from galjax.io.radio import load_radio
+from galjax.models.classifier import CNNClassifier, FCNClassifier, predict_proba
+from galjax.scores.classification import accuracy
+from galjax.train.recipes.classifier import train_classifier
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "radio_first_fr_4class"
 

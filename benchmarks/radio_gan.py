@@ -42,23 +42,20 @@ import numpy as np
 from _common import RESULTS_DIR, best_time, compile_jitted, format_table, machine_info, write_json
 
 from galjax.core.files import atomic_write
-from galjax.classify import CNNClassifier, FCNClassifier
-from galjax.models.gan import GANConfig, init_gan, make_gan_step
-from galjax.radio import (
+from galjax.experiments.radio import (
     augmentation_experiment,
     best_matching_pairs,
     evaluate_checkpoints,
-    format_rmae_table,
     kfold_indices,
-    list_checkpoints,
-    load_gan_checkpoint,
-    load_radio,
     sample_classes,
     smearing_study,
-    train_gan,
-    write_rmae_table,
 )
 from galjax.image.transforms import random_dihedral
+from galjax.io.radio import load_radio
+from galjax.models.classifier import CNNClassifier, FCNClassifier
+from galjax.models.gan import GANConfig, init_gan, make_gan_step
+from galjax.scores.histograms import format_rmae_table, write_rmae_table
+from galjax.train.recipes.gan import list_checkpoints, load_gan_checkpoint, train_gan
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "radio_first_fr_4class"
 
@@ -129,7 +126,7 @@ def smearing_only(args) -> None:
     """Redo the smearing study on the last checkpoint of an existing run; update the JSON."""
     import json
 
-    from galjax.radio import list_checkpoints
+    from galjax.train.recipes.gan import list_checkpoints
 
     path = RESULTS_DIR / f"{args.out}.json"
     out = json.loads(path.read_text())

@@ -44,7 +44,8 @@ import numpy as np
 import optax
 from _common import RESULTS_DIR, format_table, machine_info, write_json
 
-from galjax.baselines import fit_gaussian, gaussian_best_sigma_loglik
+from galjax.fit import fit_gaussian, gaussian_best_sigma_loglik
+from galjax.image.transforms import random_dihedral
 from galjax.models.vae import REGIER_MLP, decode, elbo, encode, gaussian_loglik, init_vae
 from galjax.sim import HST_F814W, SDSS_R, noise_variance
 from galjax.train import (
@@ -54,7 +55,6 @@ from galjax.train import (
     save_checkpoint,
 )
 from galjax.train.recipes import make_stamps, train_vae
-from galjax.image.transforms import random_dihedral
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cosmos_hst_f814w_100"
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
@@ -302,7 +302,7 @@ def _finetune(key, params, cfg, x, mask, n_steps: int, batch: int = 32, lr: floa
 
 def _cosmos_folds(key, params, cfg, x, mask, k: int, n_steps: int, fit_steps: int) -> dict:
     """Each real stamp scored by the sim-trained VAE fine-tuned on the other folds' stamps."""
-    from galjax.radio import kfold_indices
+    from galjax.experiments.radio import kfold_indices
 
     n = len(x)
     lower, more, lower_fit, more_fit = (np.zeros(n, bool) for _ in range(4))

@@ -7,7 +7,7 @@ Subpackages, from the bottom layer up:
   jit-safe image transforms.
 - :mod:`galjax.models`: VAE, flow prior, model directories (imported on first use).
 - :mod:`galjax.train`: the training loop shared by every model, and the recipes.
-- :mod:`galjax.deblend`, :mod:`galjax.detect`, :mod:`galjax.baselines`: MAP deblending,
+- :mod:`galjax.deblend`, :mod:`galjax.detect`, :mod:`galjax.fit`: MAP deblending,
   detection, baseline methods (imported on first use).
 - :mod:`galjax.scores.metrics`: MSE, SSIM, flux errors, bits/dim, ROC/AUC.
 - :mod:`galjax.plot`: figures; :mod:`galjax.cli`: the ``galjax`` command.
@@ -26,7 +26,7 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+local"
 
-_LAZY = ("models", "deblend", "detect", "baselines", "plot")
+_LAZY = ("models", "deblend", "detect", "fit", "plot")
 
 __all__ = [
     "io",

@@ -2,7 +2,7 @@
 
 Bases: the real ESO NTT/EMMI field (rows [0, 176) only; rows [176, 256) are kept
 for held-out evaluation in benchmarks/masks.py) plus simulated LSST-like fields
-from galjax.sim. Contaminants are injected on the fly (galjax.masks). Per-class
+from galjax.sim. Contaminants are injected on the fly (galjax.sim.contaminants). Per-class
 thresholds are chosen on separate validation injections at a false-positive
 rate of 1e-3 (galjax.scores.calibration.threshold_at_fpr) and stored with the weights.
 
@@ -19,19 +19,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from galjax.scores.calibration import threshold_at_fpr
+from galjax.image.background import estimate_background
 from galjax.io import load_sep_field
-from galjax.masks import (
-    MASK_CLASSES,
-    MaskNet,
-    default_mask_dir,
-    make_injection_sampler,
-    per_class_auc,
-    robust_background,
-    save_mask_model,
-    train_mask_net,
-)
+from galjax.models.masknet import MaskNet, default_mask_dir, save_mask_model
+from galjax.scores.calibration import threshold_at_fpr
+from galjax.scores.classification import per_class_auc
 from galjax.sim import LSST_R, simulate_fields
+from galjax.sim.contaminants import MASK_CLASSES
+from galjax.train.recipes.masknet import make_injection_sampler, train_mask_net
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ROWS = 176  # real-field rows used for training; the rest is held out
@@ -41,7 +36,7 @@ def bases(data_dir: Path, key, n_sim: int, rows: slice):
     """Stack of base images with their background and sigma (real field part + simulations)."""
     field = load_sep_field(data_dir / "field_eso_ntt_emmi_sep")
     real = np.asarray(field.image, np.float32)[rows]
-    bg, sig = robust_background(real)
+    bg, sig = estimate_background(real, method="global")
     sims = simulate_fields(key, n_sim, LSST_R, n_max=4).image.astype(np.float32)
     s = sims.shape[1]
     out = [real, *list(sims)]

@@ -1,4 +1,4 @@
-"""Tests for galjax.baselines: Gaussian fit, parametric scene fit, segmentation fluxes.
+"""Tests for galjax.fit: Gaussian fit, parametric scene fit, segmentation fluxes.
 
 Each fit compiles once per static configuration, so the tests share a few
 configurations (and the module-level fixtures below) to stay fast.
@@ -13,15 +13,15 @@ import pytest
 from jax.scipy.special import erf
 
 from galjax import sim
-from galjax.baselines import (
+from galjax.fit import (
     GaussianParams,
-    _unit_sersic_sb,
     fit_gaussian,
     fit_scene,
     gaussian_best_sigma_loglik,
     render_gaussian,
     segmentation_fluxes,
 )
+from galjax.fit.scene import _unit_sersic_sb
 
 F32 = jnp.float32
 PSF = sim.moffat_psf(3.5, beta=2.5, size=15)  # pixel-level effective PSF, FWHM 0.7"
@@ -316,3 +316,69 @@ def test_segmentation_bad_input():
         segmentation_fluxes(f, pos, None, 1.0, smooth=-1.0)
     with pytest.raises(ValueError, match="field"):
         segmentation_fluxes(jnp.zeros((10, 10)), pos, None, 1.0)
+
+
+# -- shared pieces (galjax.fit.common) -----------------------------------------------
+
+
+def _old_style_loop(fun, x0, n_steps, method, lr):
+    """The loop the fits ran before galjax.core.optim.minimise: a hand-written lax.scan."""
+    import optax
+
+    if method == "adam":
+        sched = optax.cosine_decay_schedule(lr, n_steps, alpha=0.02)
+        opt = optax.chain(optax.zero_nans(), optax.adam(sched))
+
+        def step(carry, _):
+            x, st = carry
+            v, g = jax.value_and_grad(fun)(x)
+            with jax.numpy_dtype_promotion("standard"):
+                u, st = opt.update(g, st, x)
+            return (optax.apply_updates(x, u), st), v
+
+    else:
+        opt = optax.lbfgs()
+        vg = optax.value_and_grad_from_state(fun)
+
+        def step(carry, _):
+            x, st = carry
+            v, g = vg(x, state=st)
+            with jax.numpy_dtype_promotion("standard"):
+                u, st = opt.update(g, st, x, value=v, grad=g, value_fn=fun)
+            return (optax.apply_updates(x, u), st), v
+
+    with jax.numpy_dtype_promotion("standard"):
+        st0 = opt.init(x0)
+    (x, _), _ = jax.lax.scan(step, (x0, st0), None, length=n_steps)
+    return x
+
+
+@pytest.mark.parametrize("method", ["adam", "lbfgs"])
+def test_minimise_shapes_is_the_old_loop_bit_for_bit(method):
+    from galjax.fit.common import minimise_shapes
+
+    target = jnp.asarray([1.5, -2.0, 0.25], F32)
+    fun = lambda x: jnp.sum(jnp.cosh(x["a"] - target)) + jnp.sum(x["b"] ** 4)
+    x0 = {"a": jnp.zeros(3, F32), "b": jnp.ones(2, F32)}
+    new = jax.jit(lambda x: minimise_shapes(fun, x, 15, method, 0.1))(x0)
+    old = jax.jit(lambda x: _old_style_loop(fun, x, 15, method, 0.1))(x0)
+    for k in x0:
+        np.testing.assert_array_equal(np.asarray(new[k]), np.asarray(old[k]))
+    assert float(fun(new)) < float(fun(x0))  # and it did minimise
+
+
+def test_common_reparametrisations_and_flux_solve():
+    from galjax.fit.common import bounded, bounded_ellipticity, solve_fluxes, unbounded
+
+    v = jnp.asarray([0.6, 1.0, 5.9], F32)
+    np.testing.assert_allclose(bounded(unbounded(v, 0.5, 6.0), 0.5, 6.0), v, rtol=1e-5)
+    e1, e2 = bounded_ellipticity(jnp.asarray([1e-4, 100.0]), jnp.asarray([0.0, 100.0]))
+    np.testing.assert_allclose(e1[0], 1e-4 / math.sqrt(1 + (1e-4 / 0.95) ** 2), rtol=1e-6)
+    assert float(jnp.hypot(e1[1], e2[1])) < 0.95
+    # Two overlapping templates and a padded one: exact fluxes per band, 0 for padding.
+    t = jnp.stack([render_gaussian(_gauss([1.0, 1.0], x, 8.0, 4 * jnp.eye(2)), 16, 16) for x in
+                   (6.0, 9.0)] + [jnp.zeros((16, 16, 2))])  # fmt: skip
+    f_true = jnp.asarray([[300.0, 100.0], [50.0, 200.0], [0.0, 0.0]], F32)
+    data = jnp.einsum("ihwb,ib->hwb", t, f_true)
+    f = solve_fluxes(t, data, jnp.ones_like(data), jnp.asarray([True, True, False]))
+    np.testing.assert_allclose(f, f_true, rtol=1e-3, atol=1e-3)

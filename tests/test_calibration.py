@@ -13,7 +13,7 @@ from galjax.scores.calibration import (
     roc_per_class,
     threshold_at_fpr,
 )
-from galjax.classify import correct_priors
+from galjax.scores.classification import correct_priors
 from galjax.plot.calibration import pit_figure, reliability_diagram, roc_curves
 
 

@@ -1,4 +1,5 @@
-"""Tests for galjax.classify: classifiers, prior correction, resampling, binned PDFs."""
+"""Tests of the classifiers (galjax.models.classifier, galjax.train.recipes.classifier), prior
+correction and resampling (galjax.scores.classification) and binned PDFs (galjax.scores.pdf)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,28 +7,26 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from galjax.classify import (
+from galjax.image.transforms import random_dihedral
+from galjax.models.classifier import (
     BinnedPDFRegressor,
     CNNClassifier,
     FCNClassifier,
-    accuracy,
+    predict_pdf,
+    predict_proba,
+)
+from galjax.scores.classification import accuracy, class_priors, correct_priors, resample_to_priors
+from galjax.scores.pdf import (
     bin_edges,
-    class_priors,
-    correct_priors,
     outlier_fraction,
     pdf_cdf,
     pdf_point_estimate,
     pit_values,
-    predict_pdf,
-    predict_proba,
-    resample_to_priors,
     sample_pdf,
     sigma_mad,
     to_bins,
-    train_classifier,
-    train_pdf_regressor,
 )
-from galjax.image.transforms import random_dihedral
+from galjax.train.recipes.classifier import train_classifier, train_pdf_regressor
 
 
 def _toy(key, n=64, size=8):

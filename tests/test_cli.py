@@ -43,8 +43,8 @@ def test_compilation_cache_dir_follows_the_environment(tmp_path):
     assert compilation_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "galjax" / "xla"
     assert compilation_cache_dir({}) == Path.home() / ".cache" / "galjax" / "xla"
     # In a fresh process the command turns the cache on, and compilations land in it.
-    code = ("import jax, jax.numpy as jnp; from galjax.cli import main as cli; "
-            "cli._enable_compilation_cache(); "
+    code = ("import jax, jax.numpy as jnp; from galjax.cli import runtime as cli; "
+            "cli.enable_compilation_cache(); "
             "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
             "jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready(); "
             "print(jax.config.jax_compilation_cache_dir)")  # fmt: skip
@@ -229,7 +229,7 @@ def test_train_calibrate_writes_the_model_error(tmp_path):
 
 
 def test_survey_overrides_for_training():
-    from galjax.cli.main import _override_survey
+    from galjax.cli.train import _override_survey
     from galjax.sim import HSC
 
     s = _override_survey(HSC, ["mag_min=18.5", "sky_sigma=2,2,2,2,2", "gain=none", "detail=false"])
@@ -243,7 +243,7 @@ def test_survey_overrides_for_training():
 def test_deblend_cpu_devices_setting(monkeypatch, tmp_path):
     import jax
 
-    from galjax.cli.main import _use_cpu_cores
+    from galjax.cli.runtime import use_cpu_cores
 
     jax.devices()  # JAX runs in this process from here on
     monkeypatch.delenv("XLA_FLAGS", raising=False)
@@ -253,7 +253,7 @@ def test_deblend_cpu_devices_setting(monkeypatch, tmp_path):
             main(["deblend", "--demo", "--out", str(tmp_path)])
     # JAX already runs in this process: its devices are kept, nothing is raised.
     monkeypatch.setenv("GALJAX_CPU_DEVICES", "3")
-    _use_cpu_cores()
+    use_cpu_cores()
 
 
 def test_version_flag(capsys):

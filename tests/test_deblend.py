@@ -20,8 +20,8 @@ from galjax.deblend import (
     render_sources,
     shift_stamp,
 )
-from galjax.models import FlowConfig, GalaxyModel, VAEConfig, init_flow, init_vae
 from galjax.image.transforms import cutouts
+from galjax.models import FlowConfig, GalaxyModel, VAEConfig, init_flow, init_vae
 
 CFG = VAEConfig(stamp_size=15, latent_dim=4, hidden=(16,), enc_channels=(4, 8),
                 dec_channels=(8, 4), dec_start=4, scale=1.0)  # fmt: skip
@@ -97,15 +97,15 @@ def test_vmapped_call_equals_loop_and_chunking(model, scene):
 def test_float_settings_are_traced_not_recompiled(model, scene):
     """A new learning rate, tolerance or prior weight reuses the compiled solve, and the
     solve uses the new values (it equals the one-field function, which reads the config)."""
-    from galjax.deblend import _deblend_chunk
+    from galjax.deblend.solve import deblend_chunk
 
     args = (model, scene["field"], scene["pos"], scene["mask"])
     deblend(*args, sigma=scene["sigma"], config=FAST, progress=False)
-    compiled = _deblend_chunk._cache_size()
+    compiled = deblend_chunk._cache_size()
     other = dataclasses.replace(FAST, learning_rate=0.02, decay=0.5, tol=1e-2, prior_weight=0.3,
                                 prior_weight_faint=2.0, faint_snr=(5.0, 50.0))  # fmt: skip
     a = deblend(*args, sigma=scene["sigma"], config=other, progress=False)
-    assert _deblend_chunk._cache_size() == compiled
+    assert deblend_chunk._cache_size() == compiled
     ivar = 1 / scene["sigma"] ** 2
     for i in range(2):
         b = deblend_field(model, scene["field"][i], scene["pos"][i], scene["mask"][i], ivar[i],
@@ -116,7 +116,7 @@ def test_float_settings_are_traced_not_recompiled(model, scene):
     # Turning the prior off changes the program: a new compilation.
     no_prior = dataclasses.replace(FAST, prior_weight=0.0, prior_weight_faint=None)
     deblend(*args, sigma=scene["sigma"], config=no_prior, progress=False)
-    assert _deblend_chunk._cache_size() > compiled
+    assert deblend_chunk._cache_size() > compiled
 
 
 @pytest.mark.parametrize("group", [1, 2])
@@ -151,12 +151,12 @@ def test_padded_slots_are_dropped_without_changing_results(model, scene):
 
 
 def test_slot_buckets_bound_the_compiled_shapes():
-    from galjax.deblend import _chunk_slots, _slot_bucket
+    from galjax.deblend.batching import chunk_slots, slot_bucket
 
-    assert [_slot_bucket(k, 16) for k in (0, 1, 3, 4, 5, 8, 9, 16)] == [1, 1, 3, 4, 8, 8, 16, 16]
-    assert _slot_bucket(7, 6) == 6
+    assert [slot_bucket(k, 16) for k in (0, 1, 3, 4, 5, 8, 9, 16)] == [1, 1, 3, 4, 8, 8, 16, 16]
+    assert slot_bucket(7, 6) == 6
     m = np.array([[False, True, False, True], [True, False, False, False]])
-    np.testing.assert_array_equal(_chunk_slots(m), [[1, 3], [0, 1]])
+    np.testing.assert_array_equal(chunk_slots(m), [[1, 3], [0, 1]])
 
 
 def test_stopping_rule_freezes_fields(model, scene):
@@ -296,7 +296,7 @@ def test_sharded_run_equals_single_device(tmp_path):
 
 
 def test_evaluate_scores_flux_and_ssim():
-    from galjax.deblend import evaluate
+    from galjax.scores.truth import evaluate
 
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:32, :32].astype(np.float32)
@@ -317,7 +317,7 @@ def test_evaluate_scores_flux_and_ssim():
 
 
 def test_evaluate_apertures_counts_only_misallocated_light():
-    from galjax.deblend import evaluate_apertures, truth_apertures
+    from galjax.scores.truth import evaluate_apertures, truth_apertures
     from galjax.sim import GalaxyParams
 
     rng = np.random.default_rng(2)
@@ -500,7 +500,7 @@ def test_config_rejects_non_positive_sizes(bad):
 
 
 def test_faint_prior_weight_interpolates_by_initial_snr(model, scene):
-    from galjax.deblend import _prior_weights
+    from galjax.deblend.objective import prior_weights
 
     ivar = 1 / scene["sigma"] ** 2
     args = (scene["field"][0], scene["pos"][0], scene["mask"][0], ivar[0], None)
@@ -509,10 +509,10 @@ def test_faint_prior_weight_interpolates_by_initial_snr(model, scene):
     all_faint = DeblendConfig(prior_weight=0.01, prior_weight_faint=1.0, faint_snr=(1e8, 2e8))
     f, p, m, iv, ps = args
     np.testing.assert_allclose(
-        _prior_weights(model, z0, f, p, m, iv, ps, all_bright), 0.01, rtol=1e-5
+        prior_weights(model, z0, f, p, m, iv, ps, all_bright), 0.01, rtol=1e-5
     )
     np.testing.assert_allclose(
-        _prior_weights(model, z0, f, p, m, iv, ps, all_faint), 1.0, rtol=1e-5
+        prior_weights(model, z0, f, p, m, iv, ps, all_faint), 1.0, rtol=1e-5
     )
     # All sources faint: the same solve as a uniform weight of 1.
     a = deblend_field(model, *args[:4], config=dataclasses.replace(all_faint, n_steps=20))

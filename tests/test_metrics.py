@@ -11,6 +11,7 @@ import pytest
 
 from galjax.scores.metrics import (
     auc,
+    auroc,
     bits_per_dim,
     chi2_per_pixel,
     elliptical_aperture_flux,
@@ -210,6 +211,23 @@ def test_roc_bad_input():
         roc_curve(jnp.ones(3), jnp.ones(4))
     with pytest.raises(ValueError, match="scores"):
         auc(jnp.asarray([0.0, jnp.nan]), jnp.asarray([0, 1]))
+
+
+def test_auroc_two_samples_matches_pairwise_and_auc():
+    assert auroc([0.0, 0.1, 0.2], [1.0, 2.0]) == 1.0  # out-of-distribution = positives
+    assert auroc([1.0, 2.0], [0.0, 0.1, 0.2]) == 0.0
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(8, 5)), np.round(rng.normal(0.7, 1.0, size=30))  # ties, any shape
+    scores = np.r_[a.ravel(), b].astype(np.float32)
+    labels = np.r_[np.zeros(40), np.ones(30)].astype(np.int32)
+    got = auroc(a, b)
+    assert isinstance(got, float)
+    assert got == pytest.approx(_pairwise_auc(scores, labels), rel=1e-6)
+    assert got == float(auc(scores, labels))  # one ROC implementation
+    with pytest.raises(ValueError, match="scores_out"):
+        auroc([0.0], [np.nan])
+    with pytest.raises(ValueError, match="non-empty"):
+        auroc([], [1.0])
 
 
 # -- chi2 -------------------------------------------------------------------------------

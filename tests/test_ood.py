@@ -1,29 +1,22 @@
-"""OOD tools: Sersic archetype fits, backgrounds, likelihood ratios, complexity, AUROC."""
+"""OOD tools: Sersic archetype fits and their background, likelihood ratios, complexity."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from galjax.scores.metrics import auc
+from galjax.fit import FitConfig, SersicFit, fit_sersic, render_archetypes
+from galjax.image.background import estimate_background
 from galjax.models.pixelcnn import PixelCNNConfig, init_pixelcnn, log_prob, log_prob_map, quantise
 from galjax.ood import (
-    FitConfig,
-    SersicFit,
-    add_background,
-    auroc,
     complexity_score,
     compressed_bits,
-    estimate_background,
-    fit_sersic,
     llr,
-    llr_figure,
     llr_map,
     perturbed_sampler,
-    render_archetypes,
-    roc,
 )
-from galjax.sim import moffat_psf
+from galjax.plot.ood import llr_figure
+from galjax.sim import add_background, moffat_psf
 
 TINY = PixelCNNConfig(height=8, width=8, n_filters=4, n_scales=1, n_mix=2)
 
@@ -70,14 +63,14 @@ def test_archetype_fits_recover_known_sersic_parameters(key):
 def test_background_helpers(key):
     img = jnp.zeros((3, 20, 20, 2))
     noisy = add_background(key, img, jnp.array([1.0, 2.0, 0.5])[:, None, None, None], 5.0)
-    level, sigma = estimate_background(noisy, border=4)
+    level, sigma = estimate_background(noisy, "border", border=4)
     assert level.shape == sigma.shape == (3, 1, 1, 2)
     np.testing.assert_allclose(np.asarray(level), 5.0, atol=0.4)
     np.testing.assert_allclose(
         np.asarray(sigma)[:, 0, 0, :], [[1.0, 1.0], [2.0, 2.0], [0.5, 0.5]], rtol=0.2
     )
     with pytest.raises(ValueError, match="border"):
-        estimate_background(noisy, border=10)
+        estimate_background(noisy, "border", border=10)
     with pytest.raises(ValueError, match="sigma"):
         add_background(key, img, -1.0)
 
@@ -141,22 +134,6 @@ def test_compressed_bits_bad_input():
         compressed_bits(jnp.full((1, 4, 4, 1), jnp.nan))
     with pytest.raises(ValueError, match="complexity|log_p"):
         complexity_score(np.zeros(2), np.zeros(3))
-
-
-def test_auroc_and_roc():
-    assert auroc([0.0, 0.1, 0.2], [1.0, 2.0]) == 1.0
-    assert auroc([1.0, 2.0], [0.0, 0.1, 0.2]) == 0.0
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=40), rng.normal(0.7, 1.0, size=30)
-    labels = np.r_[np.zeros(40), np.ones(30)].astype(np.int32)
-    want = float(auc(np.r_[a, b].astype(np.float32), labels))
-    assert auroc(a, b) == pytest.approx(want)
-    fpr, tpr, thr = roc(a, b)
-    assert fpr.shape == tpr.shape == (71,)
-    with pytest.raises(ValueError, match="scores_out"):
-        auroc([0.0], [np.nan])
-    with pytest.raises(ValueError, match="non-empty"):
-        auroc([], [1.0])
 
 
 def test_fit_sersic_bad_input():

@@ -25,7 +25,7 @@ from galjax.models.pixelcnn import (
     sample_noise,
 )
 from galjax.train import TrainConfig
-from galjax.train_pixelcnn import pixelcnn_optimizer, train_pixelcnn
+from galjax.train.recipes.pixelcnn import pixelcnn_optimizer, train_pixelcnn
 
 TINY = PixelCNNConfig(height=8, width=8, bands=1, n_filters=8, n_resnet=1, n_scales=1, n_mix=3)
 

@@ -24,7 +24,7 @@ __all__ = ["register"]
 
 
 def _load_data(args, split=None):
-    from galjax.radio import load_radio
+    from galjax.io.radio import load_radio
 
     return load_radio(args.data, size=args.size, crop=args.crop, split=split)
 
@@ -33,7 +33,7 @@ def _train(args) -> int:
     import jax
 
     from galjax.models.gan import GANConfig
-    from galjax.radio import train_gan
+    from galjax.train.recipes.gan import train_gan
 
     if args.steps < 1 or args.checkpoint_every < 1:
         raise SystemExit("--steps and --checkpoint-every: expected positive integers")
@@ -74,15 +74,10 @@ def _train(args) -> int:
 def _select(args) -> int:
     import jax
 
+    from galjax.experiments.radio import evaluate_checkpoints, sample_classes
     from galjax.plot import image_grid
-    from galjax.radio import (
-        evaluate_checkpoints,
-        format_rmae_table,
-        list_checkpoints,
-        load_gan_checkpoint,
-        sample_classes,
-        write_rmae_table,
-    )
+    from galjax.scores.histograms import format_rmae_table, write_rmae_table
+    from galjax.train.recipes.gan import list_checkpoints, load_gan_checkpoint
 
     ckpts = list_checkpoints(args.run)
     if not ckpts:
@@ -113,14 +108,10 @@ def _select(args) -> int:
 def _sample(args) -> int:
     import jax
 
+    from galjax.experiments.radio import sample_classes
+    from galjax.io.radio import class_index
     from galjax.plot import image_grid
-    from galjax.radio import (
-        checkpoint_path,
-        class_index,
-        list_checkpoints,
-        load_gan_checkpoint,
-        sample_classes,
-    )
+    from galjax.train.recipes.gan import checkpoint_path, list_checkpoints, load_gan_checkpoint
 
     run = Path(args.run)
     ckpts = list_checkpoints(run)
@@ -192,7 +183,7 @@ def register(subparsers) -> None:
     m.set_defaults(func=_sample)
 
 
-def _parser() -> argparse.ArgumentParser:  # for manual use: python -m galjax.cli_gan
+def _parser() -> argparse.ArgumentParser:  # for manual use: python -m galjax.cli.gan
     ap = argparse.ArgumentParser(prog="galjax")
     register(ap.add_subparsers(dest="command", required=True))
     return ap

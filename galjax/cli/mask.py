@@ -1,6 +1,6 @@
 """``galjax mask IMAGE.fits --out MASK.fits``: contaminant bit mask of a FITS image.
 
-Bit ``i`` of the output marks class ``i`` of :data:`galjax.masks.MASK_CLASSES`
+Bit ``i`` of the output marks class ``i`` of :data:`galjax.sim.contaminants.MASK_CLASSES`
 (cosmic_ray=1, hot=2, bad=4, trail=8, saturated=16); the header names the bits.
 """
 
@@ -37,14 +37,10 @@ def register(subparsers) -> None:
 
 
 def _mask(args) -> int:
-    from galjax.io import read_fits, write_fits
-    from galjax.masks import (
-        load_mask_model,
-        mask_bits,
-        predict_mask,
-        receptive_radius,
-        write_mask_fits,
-    )
+    from galjax.detect.masks import mask_bits, predict_mask
+    from galjax.io import read_fits, write_fits, write_mask_fits
+    from galjax.models.masknet import load_mask_model, receptive_radius
+    from galjax.sim.contaminants import MASK_CLASSES
 
     t0 = time.perf_counter()
     try:
@@ -73,7 +69,8 @@ def _mask(args) -> int:
         probs = predict_mask(model, params, data, tile=tile)
         bits = np.asarray(mask_bits(probs, thr))
         header = img.wcs.to_header() if img.wcs is not None else None
-        write_mask_fits(args.out, bits, cfg.get("classes"), thr, header)
+        names = MASK_CLASSES if cfg.get("classes") is None else cfg["classes"]
+        write_mask_fits(args.out, bits, names, thr, header)
         if args.probs:
             write_fits(args.probs, probs)
     except (OSError, ValueError, TypeError) as err:

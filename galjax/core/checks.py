@@ -27,6 +27,7 @@ __all__ = [
     "mask_nonfinite",
     "check_psf",
     "check_probabilities",
+    "check_odd_psf",
 ]
 
 
@@ -202,3 +203,90 @@ def check_probabilities(name: str, x) -> None:
                 f"{name}: expected probabilities in [0, 1], got range "
                 f"[{float(a.min()):.6g}, {float(a.max()):.6g}]"
             )
+
+
+def check_odd_psf(name: str, psf, bands: int | None = None, normalise: bool = True):
+    """Check a PSF (or matched-filter template) ``(psf_h, psf_w, bands)`` with odd sizes.
+
+    Odd sizes put the PSF's centre on its central pixel (index ``size // 2``), the
+    convention of :func:`galjax.sim.convolve_fft` and of the fits and filters that
+    use it.
+
+    Args:
+      name: argument name used in messages.
+      psf: array-like ``(psf_h, psf_w, bands)``.
+      bands: expected number of bands, or None for any.
+      normalise: True (default): check and normalise to unit sum per band with
+        :func:`check_psf`; False: check the rank, band count and sizes only and return
+        the values unchanged (a template whose scale does not matter).
+
+    Returns:
+      The PSF as a float array of the input's float dtype (normalised if asked).
+
+    >>> check_odd_psf("psf", jnp.ones((3, 3, 1))).sum().item()
+    1.0
+    >>> check_odd_psf("psf", jnp.ones((4, 3, 1)))
+    Traceback (most recent call last):
+    ...
+    ValueError: psf: expected odd sizes so the PSF centre is a pixel, got shape (4, 3, 1)
+    """
+    if normalise:
+        # check_psf divides (h, w, bands) by (1, 1, bands): allow that rank promotion.
+        with jax.numpy_rank_promotion("allow"):
+            arr = check_psf(name, psf, bands=bands)
+    else:
+        arr = as_float_array(name, psf)
+        if arr.ndim != 3:
+            raise ValueError(f"{name}: expected shape (psf_h, psf_w, bands), got shape {arr.shape}")
+        if bands is not None and arr.shape[-1] != bands:
+            raise ValueError(
+                f"{name}: expected {bands} band(s) on the last axis, got shape {arr.shape}"
+            )
+    if arr.shape[0] % 2 != 1 or arr.shape[1] % 2 != 1:
+        raise ValueError(
+            f"{name}: expected odd sizes so the PSF centre is a pixel, got shape {arr.shape}"
+        )
+    return arr
+
+
+def check_labels(name: str, labels, n_classes: int | None = None, n: int | None = None):
+    """Check integer class labels ``(n,)`` in ``[0, n_classes)``; return them as int32 numpy.
+
+    Floating-point labels holding whole numbers (``1.0``) are accepted and converted.
+
+    Args:
+      name: argument name used in messages.
+      labels: 1-D array-like of class indices.
+      n_classes: number of classes, or None for no range check.
+      n: expected number of labels (one per example), or None for any.
+
+    Raises:
+      ValueError: not 1-D, not ``n`` labels, or an index outside ``[0, n_classes)``.
+      TypeError: not integer class indices.
+
+    >>> check_labels("labels", [0, 2, 1], n_classes=3).tolist()
+    [0, 2, 1]
+    >>> check_labels("labels", [0, 3], n_classes=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: labels: expected class indices in [0, 3), got range [0, 3]
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of class indices, got shape {lab.shape}")
+    if n is not None and lab.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} labels (one per example), got {lab.shape[0]}")
+    if not np.issubdtype(lab.dtype, np.integer):
+        if np.issubdtype(lab.dtype, np.floating) and np.all(lab == np.round(lab)):
+            lab = lab.astype(np.int32)
+        else:
+            raise TypeError(f"{name}: expected integer class indices, got dtype {lab.dtype}")
+    if n_classes is not None and lab.size and (lab.min() < 0 or lab.max() >= n_classes):
+        raise ValueError(
+            f"{name}: expected class indices in [0, {n_classes}), got range "
+            f"[{int(lab.min())}, {int(lab.max())}]"
+        )
+    return lab.astype(np.int32)
+
+
+__all__ += ["check_labels"]

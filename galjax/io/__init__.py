@@ -4,6 +4,7 @@ Everything here runs on the host (numpy and astropy), outside ``jit``; it return
 float32 numpy arrays in galjax's ``(..., height, width, bands)`` convention.
 """
 
+from galjax.io import datasets, fits, radio
 from galjax.io.datasets import (
     HSC_FILTERS,
     HSC_PIXEL_SCALE,
@@ -27,10 +28,32 @@ from galjax.io.fits import (
     read_fits_stack,
     read_table,
     write_fits,
+    write_mask_fits,
     write_table,
+)
+from galjax.io.radio import (
+    CLASS_NAMES,
+    RadioData,
+    augment_images,
+    check_classes_present,
+    check_gan_images,
+    class_index,
+    load_radio,
+    prepare_images,
 )
 
 __all__ = [
+    "datasets",
+    "fits",
+    "radio",
+    "CLASS_NAMES",
+    "RadioData",
+    "augment_images",
+    "check_classes_present",
+    "check_gan_images",
+    "class_index",
+    "load_radio",
+    "prepare_images",
     "HSC_FILTERS",
     "HSC_PIXEL_SCALE",
     "CosmosSample",
@@ -51,5 +74,6 @@ __all__ = [
     "read_fits_stack",
     "read_table",
     "write_fits",
+    "write_mask_fits",
     "write_table",
 ]

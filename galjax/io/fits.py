@@ -44,6 +44,7 @@ __all__ = [
     "read_fits_stack",
     "read_table",
     "write_fits",
+    "write_mask_fits",
     "write_table",
 ]
 
@@ -437,3 +438,60 @@ def cutout(image, position, size, wcs=None) -> Cutout:
     )
     position_cutout = tuple(float(v) for v in geometry.position_cutout)
     return Cutout(data, mask, geometry.wcs if wcs is not None else None, origin, position_cutout)
+
+
+def write_mask_fits(path, bits, class_names: Sequence[str], thresholds=None, header=None) -> Path:
+    """Write an integer bit mask as a FITS image (int16 for <= 15 classes, else int32).
+
+    The header names each bit (``MASKBn = class``) and its threshold (``MASKTn``).
+    Written atomically. :func:`write_fits` stores float32 only, so this writes the
+    integer HDU with astropy directly.
+
+    Args:
+      path: output file.
+      bits: ``(h, w)`` integer mask, bit ``i`` for class ``i`` (e.g. from
+        :func:`galjax.detect.masks.mask_bits`).
+      class_names: the name of each bit, e.g.
+        :data:`galjax.sim.contaminants.MASK_CLASSES`.
+      thresholds: optional per-class (or one) probability thresholds to record.
+      header: optional extra header cards (dict or ``Header``), e.g. the image's WCS;
+        structural keywords are skipped.
+
+    Returns:
+      The path written.
+
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "mask.fits")
+    >>> _ = write_mask_fits(path, np.array([[0, 1], [2, 3]]), ["a", "b"], [0.5, 0.7])
+    >>> hdr = fits.getheader(path)
+    >>> hdr["MASKB1"], hdr["MASKT1"], fits.getdata(path).dtype.name
+    ('b', 0.7, 'int16')
+    """
+    b = np.asarray(bits)
+    if b.ndim != 2 or not np.issubdtype(b.dtype, np.integer):
+        raise ValueError(f"bits: expected a 2-D integer mask, got shape {b.shape} dtype {b.dtype}")
+    dtype = np.int16 if len(class_names) <= 15 else np.int32
+    hdr = fits.Header()
+    skip = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BSCALE", "BZERO"}
+    if header is not None:
+        items = (
+            [(c.keyword, c.value) for c in header.cards]
+            if isinstance(header, fits.Header)
+            else list(dict(header).items())
+        )
+        for k, v in items:
+            if k == "COMMENT":
+                hdr.add_comment(str(v))
+            elif k == "HISTORY":
+                hdr.add_history(str(v))
+            elif k not in skip:
+                hdr[k] = v
+    for i, name in enumerate(class_names):
+        hdr[f"MASKB{i}"] = (str(name), f"bit {i} (value {2**i})")
+        if thresholds is not None:
+            hdr[f"MASKT{i}"] = (
+                float(np.broadcast_to(thresholds, (len(class_names),))[i]),
+                f"threshold of bit {i}",
+            )
+    hdu = fits.PrimaryHDU(b.astype(dtype), header=hdr)
+    return atomic_write(path, lambda tmp: hdu.writeto(tmp, overwrite=True))

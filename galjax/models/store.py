@@ -10,15 +10,17 @@ with a clear message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.serialization
 import jax
 
 from galjax.core.files import atomic_write
+
 from .flow import FlowConfig, init_flow
 from .vae import VAEConfig, init_vae
 
@@ -28,15 +30,34 @@ __all__ = ["MODEL_FORMAT", "GalaxyModel", "save_model", "load_model", "default_m
 MODEL_FORMAT = 1
 
 
-class GalaxyModel(NamedTuple):
-    """A trained VAE + flow prior (+ optional initialisation encoder).
+@dataclasses.dataclass(frozen=True, eq=False)
+class GalaxyModel:
+    """A trained VAE + flow prior (+ optional initialisation encoder), as a pytree.
+
+    The parameters are the pytree's children; the configs and the metadata are
+    static (part of its tree structure), so a model passes as it is into jitted
+    code: ``jax.jit(f)(model, ...)`` compiles once per model structure and array
+    shapes, and ``f`` reads ``model.vae_config`` as a Python value.
 
     Attributes:
-      vae_config, vae_params: the VAE.
-      flow_config, flow_params: the latent prior (None if not trained yet).
+      vae_config: :class:`~galjax.models.VAEConfig` (static).
+      vae_params: the VAE's parameters.
+      flow_config: :class:`~galjax.models.FlowConfig` of the latent prior (static;
+        None if not trained yet).
+      flow_params: the flow's parameters (or None).
       init_params: VAE parameters whose encoder was retrained on blended cutouts
         (None: use ``vae_params``'s encoder).
-      meta: free-form metadata (survey, recipe, metrics).
+      meta: free-form JSON-like metadata (survey, recipe, calibration; static,
+        compared by content).
+
+    >>> import jax
+    >>> from galjax.models import VAEConfig, init_vae
+    >>> cfg = VAEConfig(stamp_size=15, latent_dim=4, hidden=(8,), enc_channels=(4,),
+    ...                 dec_channels=(4,), dec_start=8)
+    >>> model = GalaxyModel(cfg, init_vae(jax.random.key(0), cfg))
+    >>> leaves, tree = jax.tree.flatten(model)
+    >>> jax.tree.unflatten(tree, leaves).vae_config == cfg
+    True
     """
 
     vae_config: VAEConfig
@@ -45,6 +66,57 @@ class GalaxyModel(NamedTuple):
     flow_params: Any = None
     init_params: Any = None
     meta: dict | None = None
+
+    def replace(self, **changes) -> GalaxyModel:
+        """A copy with the given attributes changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    # The name the NamedTuple it was before offered, kept for existing callers.
+    _replace = replace
+
+
+class _StaticMeta:
+    """``meta`` in a model's tree structure: compared and hashed by content (JAX caches
+    compilations on the structure, and a dict is not hashable)."""
+
+    __slots__ = ("value", "_key")
+
+    def __init__(self, value):
+        self.value = value
+        # Canonical JSON: equal metadata give equal keys (arrays by their values).
+        self._key = json.dumps(value, sort_keys=True, default=_json_default)
+
+    def __eq__(self, other):
+        return isinstance(other, _StaticMeta) and self._key == other._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+
+def _json_default(x):
+    return x.tolist() if hasattr(x, "tolist") else repr(x)
+
+
+_CHILDREN = ("vae_params", "flow_params", "init_params")
+
+
+def _flatten_with_keys(m: GalaxyModel):
+    children = tuple((jax.tree_util.GetAttrKey(k), getattr(m, k)) for k in _CHILDREN)
+    return children, (m.vae_config, m.flow_config, _StaticMeta(m.meta))
+
+
+def _flatten(m: GalaxyModel):
+    return tuple(getattr(m, k) for k in _CHILDREN), (m.vae_config, m.flow_config,
+                                                     _StaticMeta(m.meta))  # fmt: skip
+
+
+def _unflatten(aux, children) -> GalaxyModel:
+    vae_config, flow_config, meta = aux
+    vae_params, flow_params, init_params = children
+    return GalaxyModel(vae_config, vae_params, flow_config, flow_params, init_params, meta.value)
+
+
+jax.tree_util.register_pytree_with_keys(GalaxyModel, _flatten_with_keys, _unflatten, _flatten)
 
 
 def _version() -> str:

@@ -1,10 +1,23 @@
-"""Scores on arrays (no models): image metrics (:mod:`galjax.scores.metrics`) and
-probability calibration (:mod:`galjax.scores.calibration`)."""
+"""Scores on arrays (no models; rank 3, above :mod:`galjax.sim`).
 
-from galjax.scores import calibration, metrics
+- :mod:`galjax.scores.metrics`: MSE, SSIM, flux errors, aperture fluxes, chi^2, bits/dim, ROC/AUC.
+- :mod:`galjax.scores.calibration`: reliability curves, ECE, per-class ROC, PIT tests.
+- :mod:`galjax.scores.classification`: accuracy, class priors and their correction.
+- :mod:`galjax.scores.pdf`: binned redshift-like PDFs: CDF, PIT values, sigma_MAD, outliers.
+- :mod:`galjax.scores.histograms`: pixel-statistics histograms and RMAE (GAN selection).
+- :mod:`galjax.scores.truth`: deblending results against the simulated truth.
+"""
+
+from galjax.scores import calibration, classification, histograms, metrics, pdf, truth
 from galjax.scores.calibration import *  # noqa: F403
-from galjax.scores.calibration import __all__ as _calibration_all
+from galjax.scores.classification import *  # noqa: F403
+from galjax.scores.histograms import *  # noqa: F403
 from galjax.scores.metrics import *  # noqa: F403
-from galjax.scores.metrics import __all__ as _metrics_all
+from galjax.scores.pdf import *  # noqa: F403
+from galjax.scores.truth import *  # noqa: F403
 
-__all__ = ["calibration", "metrics", *_calibration_all, *_metrics_all]
+__all__ = [
+    "calibration", "classification", "histograms", "metrics", "pdf", "truth",
+    *calibration.__all__, *classification.__all__, *histograms.__all__, *metrics.__all__,
+    *pdf.__all__, *truth.__all__,
+]  # fmt: skip

@@ -26,6 +26,7 @@ __all__ = [
     "bits_per_dim",
     "roc_curve",
     "auc",
+    "auroc",
     "chi2_per_pixel",
 ]
 
@@ -394,38 +395,96 @@ def _auc(scores, labels):
     return jnp.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1])) / 2
 
 
-def chi2_per_pixel(residual, sigma, mask=None):
-    """Reduced chi-square per pixel, ``sum_p m_p (r_p / sigma_p)^2 / sum_p m_p``.
+def _two_samples(scores_in, scores_out):
+    """Concatenate two score samples into float32 ``(scores, labels)``, ``scores_out`` = 1."""
+    s_in = np.asarray(scores_in, np.float64).ravel()
+    s_out = np.asarray(scores_out, np.float64).ravel()
+    if s_in.size == 0 or s_out.size == 0:
+        raise ValueError("scores_in, scores_out: expected non-empty samples")
+    for name, s in (("scores_in", s_in), ("scores_out", s_out)):
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"{name}: expected finite scores, found NaN/inf")
+    scores = np.concatenate([s_in, s_out]).astype(np.float32)
+    labels = np.concatenate([np.zeros(s_in.size), np.ones(s_out.size)]).astype(np.int32)
+    return scores, labels
 
-    The sum runs over pixels and bands of each image; a model that fits to the
-    noise gives about 1. Non-finite residuals are masked (with a warning), and
-    pixels with ``sigma <= 0`` get weight 0 inside ``jit`` (outside, unmasked
-    ones are refused).
+
+def auroc(scores_in, scores_out) -> float:
+    """:func:`auc` of two samples: ``scores_out`` the positives, ``scores_in`` the negatives.
+
+    The convenience form for out-of-distribution scores (larger = more anomalous):
+    ``P(s_out > s_in) + P(s_out = s_in) / 2`` over all pairs, computed by
+    :func:`auc` on the concatenated samples (float32). 1 means every
+    out-of-distribution input scores higher than every in-distribution one; 0.5 is
+    chance; below 0.5 the score ranks the wrong way.
+
+    Args:
+      scores_in: in-distribution scores, any shape (flattened), finite, non-empty.
+      scores_out: out-of-distribution scores, any shape (flattened), finite, non-empty.
+
+    Returns:
+      Python float in ``[0, 1]``.
+
+    >>> auroc([0.0, 0.1, 0.2], [1.0, 2.0])
+    1.0
+    """
+    return float(auc(*_two_samples(scores_in, scores_out)))
+
+
+def chi2_per_pixel(residual, sigma=None, mask=None, *, ivar=None):
+    """Reduced chi-square per pixel value of residual images.
+
+    The sums run over the pixels and bands ``p`` of each image; a model that fits
+    to the noise gives about 1. Give the noise one of two ways:
+
+    - ``sigma``, the standard deviation: ``sum_p m_p (r_p / sigma_p)^2 / sum_p m_p``
+      with weights ``m`` (the mask, 1 when none is given); pixels with
+      ``sigma <= 0`` get weight 0 inside ``jit`` (outside, unmasked ones are refused).
+      NaN for an image with no usable pixel.
+    - ``ivar``, the inverse variance ``w = 1 / sigma^2`` (0: unusable pixel):
+      ``sum_p m_p w_p r_p^2 / #{p : m_p w_p > 0}``, each usable pixel value counted
+      once whatever its weight (the deblender's ``DeblendResult.chi2``). 0 for an
+      image with no usable pixel (its sum is 0 too). Negative or non-finite
+      ``ivar`` is refused outside ``jit``.
+
+    With a 0/1 mask and ``w = 1 / sigma^2`` both give the same value. Non-finite
+    residuals are masked (with a warning outside ``jit``).
 
     Args:
       residual: ``data - model``, ``(..., h, w, bands)``.
       sigma: per-pixel noise standard deviation, broadcastable to ``residual``.
       mask: optional weights broadcastable to ``residual`` (1 = use, 0 = ignore).
+      ivar: per-pixel inverse variance, broadcastable to ``residual``, instead of
+        ``sigma`` (keyword only).
 
     Returns:
-      Array ``(...)``; NaN for an image with no usable pixel.
+      Array ``(...)``.
 
     >>> import jax.numpy as jnp
     >>> float(chi2_per_pixel(2 * jnp.ones((4, 4, 1)), 2.0))
     1.0
+    >>> float(chi2_per_pixel(2 * jnp.ones((4, 4, 1)), ivar=jnp.full((4, 4, 1), 0.25)))
+    1.0
     """
+    if (sigma is None) == (ivar is None):
+        raise ValueError("sigma, ivar: give exactly one (noise std or inverse variance)")
     residual = check_image("residual", residual)
     dtype = residual.dtype
-    sigma = jnp.broadcast_to(as_float_array("sigma", sigma, dtype), residual.shape)
+    name, noise = ("sigma", sigma) if ivar is None else ("ivar", ivar)
+    noise = jnp.broadcast_to(as_float_array(name, noise, dtype), residual.shape)
     residual, m = mask_nonfinite("residual", residual, _as_mask(mask, residual.shape, dtype))
-    if is_concrete(sigma) and is_concrete(m):
-        bad = (np.asarray(m) > 0) & ~(np.asarray(sigma) > 0)
+    if is_concrete(noise) and is_concrete(m):
+        if ivar is None:
+            bad = (np.asarray(m) > 0) & ~(np.asarray(noise) > 0)
+            what = "> 0 on unmasked pixels, found {} that are <= 0 or NaN"
+        else:
+            bad = ~(np.asarray(noise) >= 0) | ~np.isfinite(np.asarray(noise))
+            what = "finite and >= 0, found {} that are not"
         if np.any(bad):
-            raise ValueError(
-                f"sigma: expected values > 0 on unmasked pixels, found {int(np.sum(bad))} "
-                "that are <= 0 or NaN"
-            )
-    return _chi2(residual, sigma, m)
+            raise ValueError(f"{name}: expected values {what.format(int(np.sum(bad)))}")
+    if ivar is not None:
+        return _chi2_ivar(residual, noise, m)
+    return _chi2(residual, noise, m)
 
 
 @jax.jit
@@ -435,3 +494,11 @@ def _chi2(residual, sigma, m):
     n = jnp.sum(m, axis=_IMAGE_AXES)
     chi2 = jnp.sum(m * (residual / safe_sigma) ** 2, axis=_IMAGE_AXES)
     return jnp.where(n > 0, chi2 / jnp.where(n > 0, n, 1), jnp.nan)
+
+
+@jax.jit
+def _chi2_ivar(residual, ivar, m):
+    w = ivar * m
+    # At least 1 in the count: an image without usable pixels gives 0/1, not 0/0.
+    n_good = jnp.maximum(jnp.sum(w > 0, axis=_IMAGE_AXES), 1).astype(residual.dtype)
+    return jnp.sum(w * residual**2, axis=_IMAGE_AXES) / n_good

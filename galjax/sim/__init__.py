@@ -22,7 +22,8 @@ from .galaxy import (
     smooth_twin,
     validate_galaxy_params,
 )
-from .noise import add_noise, noise_variance
+from .contaminants import MASK_CLASSES, InjectionConfig, inject_contaminants
+from .noise import add_background, add_noise, noise_variance
 from .profiles import (
     SERSIC_N_RANGE,
     e_from_q_beta,
@@ -41,7 +42,7 @@ __all__ = [
     "Field", "place_stamp", "sample_positions", "simulate_field", "simulate_fields",
     "simulate_stamp", "GalaxyParams", "RenderConfig", "galaxy_sb", "render", "render_galaxy",
     "render_sersic", "half_light_ellipse", "smooth_twin", "validate_galaxy_params", "add_noise",
-    "noise_variance",
+    "noise_variance", "add_background", "MASK_CLASSES", "InjectionConfig", "inject_contaminants",
     "SERSIC_N_RANGE", "e_from_q_beta", "elliptical_radius2", "gaussian_sb", "pixel_grid",
     "pixelate", "q_beta_from_e", "sersic_bn", "sersic_sb", "convolve_fft", "fft_size",
     "gaussian_psf", "moffat_alpha", "moffat_psf", "moffat_sb", "HSC", "HST_F814W", "LSST",

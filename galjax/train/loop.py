@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from galjax.core.files import atomic_write
 from galjax.train.checkpoint import (
-    _to_host,
+    to_host,
     load_checkpoint_metadata,
     restore_checkpoint,
     save_checkpoint,
@@ -71,6 +71,8 @@ def _make_sampler(data, key, batch_size: int) -> Callable[[int, jax.Array], Any]
     ``permutation(fold_in(key, epoch))`` (the incomplete last batch is dropped), so
     the batch of any step can be recomputed after a restart.
     """
+    if data is None:  # the train step draws its own batches
+        return lambda step, batch_key: None
     if callable(data):
         return lambda step, batch_key: data(batch_key)
     n = _leading_size("data", data)
@@ -92,7 +94,7 @@ def _make_sampler(data, key, batch_size: int) -> Callable[[int, jax.Array], Any]
 
 
 def _to_python(x):
-    arr = np.asarray(_to_host(x))
+    arr = np.asarray(to_host(x))
     return float(arr) if arr.ndim == 0 else arr.tolist()
 
 
@@ -125,6 +127,7 @@ def fit(
     workdir=None,
     resume: bool = True,
     progress: bool = True,
+    step_keys: Callable[[int], tuple[jax.Array, jax.Array]] | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     """Run ``train_step`` from ``state.step`` to ``config.n_steps``.
 
@@ -147,12 +150,16 @@ def fit(
 
     Args:
       key: a ``jax.random`` key.
-      state: initial (or restored) :class:`TrainState`.
+      state: initial (or restored) :class:`TrainState`, or another NamedTuple
+        pytree with an int32 scalar ``step`` field that ``train_step`` advances by
+        one (e.g. :class:`galjax.models.gan.GANState`).
       train_step: ``train_step(key, state, batch) -> (state, metrics)``, e.g. from
         :func:`make_train_step`; ``fit`` jits it. ``metrics["loss"]`` is required.
       data: a pytree of arrays with a leading example axis ``(n, ...)``, or a
         callable ``sample_batch(key) -> batch`` (e.g. a simulator) returning
-        ``config.batch_size`` examples (per process in multi-host runs).
+        ``config.batch_size`` examples (per process in multi-host runs), or None
+        when ``train_step`` draws its own batches inside the jitted step (it is then
+        called with ``batch=None``; e.g. the GAN's ``n_critic`` batches).
       config: :class:`TrainConfig`.
       eval_fn: ``eval_fn(key, state, batch) -> metrics`` with a ``"loss"`` entry
         (e.g. :func:`make_eval_step`), or None. Its keys are the same at every
@@ -167,6 +174,10 @@ def fit(
         early returns at once); otherwise start from ``state`` and overwrite
         ``metrics.jsonl``.
       progress: show a tqdm progress bar.
+      step_keys: optional ``step_keys(step) -> (batch_key, step_key)`` replacing the
+        default ``split(fold_in(train_key, step))``, for a recipe that keeps the key
+        stream of its earlier loop (:func:`galjax.train.recipes.gan.train_gan`). It
+        must depend on ``step`` only, so that resumed runs stay exact.
 
     Returns:
       ``(state, history)``: the final state (not the best one: restore
@@ -191,13 +202,18 @@ def fit(
     3.0
     """
     _check_key(key)
-    if not isinstance(state, TrainState):
-        raise TypeError(f"state: expected a TrainState (init_state), got {type(state).__name__}")
+    if not isinstance(state, TrainState) and not (
+        isinstance(state, tuple) and hasattr(state, "_fields") and "step" in state._fields
+    ):
+        raise TypeError(
+            "state: expected a TrainState (init_state) or a NamedTuple with a step field, "
+            f"got {type(state).__name__}"
+        )
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
     if not callable(train_step):
         raise TypeError(f"train_step: expected a callable, got {type(train_step).__name__}")
-    if config.ema_decay is not None and state.ema_params is None:
+    if config.ema_decay is not None and getattr(state, "ema_params", None) is None:
         raise ValueError(
             "state: config.ema_decay is set but state.ema_params is None; use "
             "init_state(params, tx, ema=True) and make_train_step(..., ema_decay=config.ema_decay)"
@@ -312,7 +328,10 @@ def fit(
     )
     try:
         for step in range(start, config.n_steps):
-            batch_key, step_key = jax.random.split(jax.random.fold_in(train_key, step))
+            if step_keys is None:
+                batch_key, step_key = jax.random.split(jax.random.fold_in(train_key, step))
+            else:
+                batch_key, step_key = step_keys(step)
             batch = place(sample(step, batch_key), config.batch_size)
             state, metrics = step_fn(step_key, state, batch)
             if "loss" not in metrics:

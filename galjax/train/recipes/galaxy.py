@@ -1,4 +1,5 @@
-"""Training recipes for the galaxy models: data, losses and the staged MADNESS schedule.
+"""Training recipes for the galaxy deblending models: data, losses and the staged
+MADNESS schedule.
 
 1. :func:`train_vae`: the VAE on isolated simulated galaxies (noise drawn afresh
    for every batch; denoising target by default).
@@ -7,30 +8,30 @@
    blended fields (decoder frozen) to initialise the MAP deblender.
 
 Each recipe is a thin composition of :func:`galjax.train.fit` with a loss
-function; the command line (``galjax train``) records the configs and seeds.
+function; the command line (``galjax train``) records the configs and seeds. The
+calibration of the deblender's flux errors runs the deblender, so it lives with it
+(:func:`galjax.deblend.calibrate_flux_errors`).
 """
 
 from __future__ import annotations
-
-import dataclasses
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..models.flow import FlowConfig, init_flow, log_prior
-from ..models.vae import VAEConfig, decode, elbo, encode, init_vae
-from ..sim.blend import simulate_field
-from ..sim.galaxy import render_galaxy
-from ..sim.noise import noise_variance
-from ..sim.psf import convolve_fft
-from ..sim.survey import Survey, sample_galaxy
+from galjax.core.chunks import chunked_map, pad_chunk
 from galjax.image.transforms import cutouts
-from .config import TrainConfig
-from .loop import fit
-from .state import init_state, make_train_step
+from galjax.models.flow import FlowConfig, init_flow, log_prior
+from galjax.models.vae import VAEConfig, decode, elbo, encode, init_vae
+from galjax.sim.blend import simulate_field
+from galjax.sim.galaxy import render_galaxy
+from galjax.sim.noise import noise_variance
+from galjax.sim.psf import convolve_fft
+from galjax.sim.survey import Survey, sample_galaxy
+from galjax.train.config import TrainConfig
+from galjax.train.loop import fit
+from galjax.train.state import init_state, make_train_step
 
 __all__ = [
     "make_stamps",
@@ -40,29 +41,33 @@ __all__ = [
     "encode_dataset",
     "train_flow",
     "train_init_encoder",
-    "calibrate_flux_errors",
 ]
 
 
-def _batched(fn, keys, chunk: int, progress: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    out = []
-    rng = range(0, keys.shape[0], chunk)
-    for i in tqdm(rng, desc=desc, disable=not progress):
-        k = keys[i : i + chunk]
-        n = k.shape[0]
-        if n < chunk:  # pad to keep one compiled shape
-            k = jnp.concatenate([k, jnp.broadcast_to(k[:1], (chunk - n,))])
-        out.append(jax.tree.map(lambda a, n=n: np.asarray(a[:n]), fn(k)))
-    return jax.tree.map(lambda *a: np.concatenate(a), *out)
+def _map_keys(fn, keys, chunk: int, progress: bool, desc: str):
+    """``fn(keys)`` in chunks compiled for ``chunk`` keys, also when there are fewer
+    (a single short chunk is padded too: the simulator's floats depend on the compiled
+    batch size, so a dataset does not change with ``n``); numpy outputs."""
+    n = keys.shape[0]
+    keys = pad_chunk([keys], max(n, chunk))[0]
+    out = chunked_map(jax.jit(fn), keys, chunk_size=chunk, progress=progress, desc=desc)
+    return jax.tree.map(lambda a: a[:n], out)
 
 
 def make_stamps(key, survey: Survey, n: int, chunk: int = 512, progress: bool = True):
     """Noiseless isolated galaxies centred exactly on the stamp centre.
 
-    Returns ``{"image": (n, s, s, bands), "flux": (n, bands)}`` numpy arrays
-    (PSF-convolved with the survey PSF).
+    Args:
+      key: PRNG key.
+      survey: the :class:`~galjax.sim.Survey` whose galaxies, PSF and stamp size
+        ``s`` are drawn.
+      n: number of stamps.
+      chunk: stamps per compiled call (memory bound); default 512.
+      progress: show a progress bar.
+
+    Returns:
+      ``{"image": (n, s, s, bands), "flux": (n, bands)}`` numpy arrays (convolved
+      with the survey PSF; fluxes in the survey's counts).
     """
     s = survey.stamp_size
     c = (s - 1) / 2.0
@@ -73,8 +78,7 @@ def make_stamps(key, survey: Survey, n: int, chunk: int = 512, progress: bool = 
         img = render_galaxy(p, s, s, psf, survey.render.oversample, survey.render, survey.n_arms)
         return {"image": img, "flux": p.flux}
 
-    keys = jax.random.split(key, n)
-    return _batched(jax.jit(jax.vmap(one)), keys, chunk, progress, "rendering stamps")
+    return _map_keys(jax.vmap(one), jax.random.split(key, n), chunk, progress, "rendering stamps")
 
 
 def make_blend_cutouts(
@@ -82,9 +86,18 @@ def make_blend_cutouts(
 ):
     """Cutouts around every source of simulated blended fields, with their truth.
 
-    Returns numpy ``{"cutout": (m, s, s, b) noisy blended, "target": (m, s, s, b)
-    the source alone (noiseless), "sigma": (m, s, s, b)}``, ``m`` = number of real
-    sources.
+    Args:
+      key: PRNG key.
+      survey: the :class:`~galjax.sim.Survey` simulated (stamp size ``s``).
+      n_fields: simulated fields.
+      n_max: most sources per field; default 4.
+      chunk: fields per compiled call; default 128.
+      progress: show a progress bar.
+
+    Returns:
+      numpy ``{"cutout": (m, s, s, b)`` noisy blended, ``"target": (m, s, s, b)`` the
+      source alone (noiseless), ``"sigma": (m, s, s, b)}`` the noise standard
+      deviation (0 outside the field), ``m`` the number of real sources.
     """
     s = survey.stamp_size
     psf = survey.psf()
@@ -97,7 +110,7 @@ def make_blend_cutouts(
         return {"cutout": cut, "target": tgt, "sigma": sig, "mask": f.mask}
 
     keys = jax.random.split(key, n_fields)
-    out = _batched(jax.jit(jax.vmap(one)), keys, chunk, progress, "simulating blends")
+    out = _map_keys(jax.vmap(one), keys, chunk, progress, "simulating blends")
     m = out.pop("mask").reshape(-1)
     return {k: v.reshape((-1,) + v.shape[2:])[m] for k, v in out.items()}
 
@@ -105,12 +118,22 @@ def make_blend_cutouts(
 def vae_loss(config: VAEConfig, survey: Survey, kl_weight: float = 1.0, denoise: bool = True):
     """``loss_fn(params, key, batch)`` = mean negative ELBO per pixel, noise drawn afresh.
 
-    ``batch["image"]`` holds noiseless stamps; the noise is
+    ``batch["image"]`` holds noiseless stamps ``(b, s, s, bands)``; the noise is
     ``N(0, sky^2 + image / gain)``. With ``denoise`` the likelihood scores the
     noiseless image (MADNESS), otherwise the noisy one (Regier et al.). An
     explicit-PSF model (``config.psf_explicit``) draws the galaxy before the PSF
     and is scored after convolution with the survey's pixel-level effective PSF
     (:meth:`~galjax.sim.Survey.pixel_psf`; ``Survey.psf()`` is the sub-pixel one).
+
+    Args:
+      config: the VAE's :class:`~galjax.models.VAEConfig`.
+      survey: the survey whose noise (``sky_sigma``, ``gain``) is drawn.
+      kl_weight: weight of the KL term (beta-VAE), >= 0; default 1.
+      denoise: score the noiseless image; default True.
+
+    Returns:
+      ``loss_fn(params, key, batch) -> (loss, {"nll_per_pixel", "kl"})``, the loss the
+      negative ELBO per pixel value, averaged over the batch.
     """
     sky = jnp.asarray(survey.sky_sigma, jnp.float32)
     psf = survey.pixel_psf() if config.psf_explicit else None  # pixel level, like the stamps
@@ -149,7 +172,26 @@ def train_vae(
     workdir=None,
     progress: bool = True,
 ):
-    """Fit the VAE to noiseless stamps (noise added per batch); returns ``(params, history)``."""
+    """Fit the VAE to noiseless stamps, noise drawn afresh for every batch (:func:`vae_loss`).
+
+    Adam with a cosine-decayed learning rate (down to 5 % of ``lr``) and gradients
+    clipped at global norm 1.
+
+    Args:
+      key: PRNG key (initialisation and training).
+      stamps: ``{"image": (n, s, s, bands)}`` noiseless stamps (:func:`make_stamps`).
+      survey: the survey whose noise is drawn.
+      config: the VAE's :class:`~galjax.models.VAEConfig`.
+      train: :class:`~galjax.train.TrainConfig` (steps, batch size, ...).
+      lr: peak learning rate; default 1e-3.
+      kl_weight, denoise: as for :func:`vae_loss`.
+      eval_stamps: optional held-out stamps, scored during training.
+      workdir: folder for logs and checkpoints (None: none).
+      progress: show a progress bar.
+
+    Returns:
+      ``(params, history)``.
+    """
     k_init, k_fit = jax.random.split(key)
     tx = _adam(lr, train.n_steps)
     loss_fn = vae_loss(config, survey, kl_weight, denoise)
@@ -183,14 +225,20 @@ def encode_dataset(params, config: VAEConfig, images, chunk: int = 1024, key=Non
     ``q(z | x) = N(g_mu, g_sigma^2)``, ``(k * n, latent_dim)``: samples of the aggregate
     posterior, which fills the volume a MAP latent explores where the means lie on
     a thin sheet.
+
+    Args:
+      params, config: the VAE.
+      images: ``(n, s, s, bands)`` images in flux units.
+      chunk: images per call; default 1024.
+      key: PRNG key of the draws (needed when ``n_samples > 0``).
+      n_samples: draws per image, >= 0; default 0 (the means).
+
+    Returns:
+      ``(n, latent_dim)`` or ``(n_samples * n, latent_dim)`` numpy latents.
     """
     f = jax.jit(lambda x: encode(params, config, x))
-    mus, sigmas = [], []
-    for i in range(0, len(images), chunk):
-        mu, log_sigma = f(images[i : i + chunk])
-        mus.append(np.asarray(mu))
-        sigmas.append(np.exp(np.asarray(log_sigma)))
-    mu, sigma = np.concatenate(mus), np.concatenate(sigmas)
+    mu, log_sigma = chunked_map(f, images, chunk_size=chunk, pad=False)
+    sigma = np.exp(log_sigma)
     if n_samples == 0:
         return mu
     if key is None or n_samples < 0:
@@ -208,7 +256,22 @@ def train_flow(
     workdir=None,
     progress: bool = True,
 ):
-    """Fit the flow prior to latents ``(n, dim)`` by maximum likelihood."""
+    """Fit the flow prior to latents by maximum likelihood.
+
+    Minimises ``-mean log p(z) / dim`` with the optimiser of :func:`train_vae`.
+
+    Args:
+      key: PRNG key (initialisation and training).
+      latents: ``(n, dim)`` samples (:func:`encode_dataset`).
+      config: the flow's :class:`~galjax.models.FlowConfig`.
+      train: :class:`~galjax.train.TrainConfig`.
+      lr: peak learning rate; default 1e-3.
+      workdir: folder for logs and checkpoints (None: none).
+      progress: show a progress bar.
+
+    Returns:
+      ``(params, history)``.
+    """
     k_init, k_fit = jax.random.split(key)
     tx = _adam(lr, train.n_steps)
 
@@ -242,9 +305,22 @@ def train_init_encoder(
 ):
     """Retrain the encoder on blended cutouts with the decoder frozen (MADNESS stage 3).
 
-    Loss: ``chi^2(target, f_mu(g_mu(cutout))) / n_pixels`` with the cutouts' noise;
-    returns the full VAE parameter tree with the new encoder. Explicit-PSF
-    models need ``psf`` ``(ph, pw, bands)``, the PSF of the cutouts.
+    Loss: ``chi^2(target, f_mu(g_mu(cutout))) / n_pixels`` with the cutouts' noise,
+    optimised as in :func:`train_vae` with the decoder's updates set to zero.
+
+    Args:
+      key: PRNG key of the training.
+      vae_params, config: the trained VAE.
+      cutouts: ``{"cutout", "target", "sigma"}``, each ``(m, s, s, bands)``
+        (:func:`make_blend_cutouts`).
+      train: :class:`~galjax.train.TrainConfig`.
+      lr: peak learning rate; default 5e-4.
+      workdir: folder for logs and checkpoints (None: none).
+      progress: show a progress bar.
+      psf: ``(ph, pw, bands)`` the cutouts' PSF, needed by explicit-PSF models.
+
+    Returns:
+      ``(params, history)``: the full VAE parameter tree with the new encoder.
     """
     if config.psf_explicit and psf is None:
         raise ValueError("psf: this model has psf_explicit=True; give the cutouts' PSF")
@@ -270,78 +346,3 @@ def train_init_encoder(
         key, state, make_train_step(loss_fn, tx), cutouts, train, workdir=workdir, progress=progress
     )
     return state.params, hist
-
-
-def calibrate_flux_errors(key, model, survey: Survey, n_fields: int = 256, config=None,
-                          snr_min: float = 10.0, progress: bool = True) -> dict:  # fmt: skip
-    """Calibrate the flux noise bias and the Laplace model error on simulations.
-
-    Simulates ``n_fields`` blended fields of ``survey`` (1-4 galaxies) and deblends
-    them without debiasing. Then:
-
-    1. tabulates the noise bias ``<dF/F>`` against each source's measured SNR
-       (:func:`~galjax.deblend.fit_flux_bias`, all sources and bands) and divides
-       it out (:func:`~galjax.deblend.debias_fluxes`);
-    2. finds with :func:`~galjax.deblend.calibrate_model_error` the fractional error
-       that, added in quadrature to the statistical Laplace error of the debiased
-       fluxes, puts the true flux of 68.3 % of the galaxies with ``SNR >= snr_min``
-       (all bands) inside the 1-sigma interval.
-
-    Use fields the results are not checked on.
-
-    Returns:
-      dict with ``flux_bias`` (the bias table, or None when too few sources are
-      within 50 % of their true flux to tabulate it; for
-      ``model.meta["flux_bias"]``), ``flux_model_error``, ``coverage_statistical``
-      (coverage with no model error), the mean signed ``dF/F`` before and after the
-      bias correction, ``n_galaxies``, ``n_fields``, ``snr_min`` and the deblend config.
-    """
-    from ..deblend import (
-        DeblendConfig,
-        calibrate_model_error,
-        debias_fluxes,
-        deblend,
-        fit_flux_bias,
-        laplace_flux_errors,
-        model_snr,
-    )
-    from ..sim.blend import simulate_fields
-
-    cfg = dataclasses.replace(config or DeblendConfig(), debias=False)
-    truth = simulate_fields(key, n_fields, survey, n_max=4, progress=progress)
-    sigma = np.sqrt(noise_variance(truth.image, np.asarray(survey.sky_sigma), survey.gain))
-    ivar = 1.0 / sigma**2
-    psf = survey.pixel_psf() if model.vae_config.psf_explicit else None
-    res = deblend(model, truth.image, truth.positions, truth.mask, sigma=sigma, psf=psf,
-                  config=cfg, progress=progress)  # fmt: skip
-    true_flux = truth.sources.sum(axis=(2, 3))
-    real = truth.mask & (true_flux[..., 0] > 0)
-    snr = np.asarray(model_snr(res.models, ivar))
-    dflux = (res.fluxes - true_flux)[real] / true_flux[real]
-    try:
-        table = fit_flux_bias(snr[real], dflux)
-    except ValueError as exc:  # e.g. an untrained model: nearly every flux is far off
-        warnings.warn(f"flux bias not calibrated: {exc}", stacklevel=2)
-        table = None
-    if table is not None:
-        res = jax.tree.map(np.asarray, debias_fluxes(res, ivar, table))
-    err = laplace_flux_errors(model, res, truth.positions, ivar, psf, model_error=0.0)
-    sel = truth.mask & (truth.snr >= snr_min)
-    flux, err, tf = np.asarray(res.fluxes)[sel], err[sel], true_flux[sel]
-    if flux.size == 0:
-        raise ValueError(f"n_fields: no galaxy with SNR >= {snr_min} in {n_fields} fields")
-    s = calibrate_model_error(flux, err, tf)
-    debiased = (res.fluxes - true_flux)[real] / true_flux[real]
-    near = np.abs(dflux) <= 0.5
-    return {
-        "flux_bias": table,
-        "flux_model_error": s,
-        "coverage_statistical": float(np.mean(np.abs(flux - tf) <= err)),
-        # Mean signed dF/F of the sources within 50 % of their true flux.
-        "mean_dflux_raw": float(np.mean(dflux[near])) if near.any() else None,
-        "mean_dflux_debiased": float(np.mean(debiased[near])) if near.any() else None,
-        "n_galaxies": int(sel.sum()),
-        "n_fields": n_fields,
-        "snr_min": snr_min,
-        "deblend_config": dataclasses.replace(cfg, debias=True).to_dict(),
-    }

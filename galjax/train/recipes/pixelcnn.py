@@ -14,7 +14,9 @@ import jax
 import optax
 
 from galjax.models.pixelcnn import PixelCNNConfig, check_input, init_pixelcnn, make_loss_fn
-from galjax.train import TrainConfig, TrainState, fit, init_state, make_eval_step, make_train_step
+from galjax.train.config import TrainConfig
+from galjax.train.loop import fit
+from galjax.train.state import TrainState, init_state, make_eval_step, make_train_step
 
 __all__ = ["pixelcnn_optimizer", "train_pixelcnn"]
 
@@ -63,7 +65,7 @@ def train_pixelcnn(
       config: the :class:`~galjax.models.pixelcnn.PixelCNNConfig`.
       data: ``(n, h, w, bands)`` images in the head's range (checked once), or a
         callable ``sample_batch(key) -> (batch_size, h, w, bands)`` such as
-        :func:`galjax.ood.perturbed_sampler` (Ren et al.'s background model).
+        :func:`galjax.ood.likelihood.perturbed_sampler` (Ren et al.'s background model).
       train_config: loop settings; default ``TrainConfig(n_steps=1000,
         batch_size=16, ema_decay=0.995, eval_every=1000)``. ``ema_decay`` must be
         set (it is the Polyak average).

@@ -1,0 +1,203 @@
+"""Deblender settings and output: :class:`DeblendConfig`, :class:`DeblendResult`.
+
+The float settings of a config travel into the compiled solve as traced scalars
+(:class:`DeblendHyper`, :func:`traced_settings`); the rest of the config is the
+solve's static key (:func:`static_config`), so that sweeping a learning rate, a
+tolerance or a prior weight does not recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "DeblendConfig",
+    "DeblendResult",
+    "DeblendHyper",
+    "traced_settings",
+    "static_config",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeblendConfig:
+    """Settings of the MAP optimisation of :func:`~galjax.deblend.deblend`.
+
+    The solve minimises, per field, the objective of :mod:`galjax.deblend.objective`
+
+        L(Z) = 1/2 sum_p w_p (y_p - sum_i m_i(z_i)_p)^2 - sum_i lambda_i log p(z_i)
+
+    (``w_p`` the inverse variance, ``m_i(z) = place(f(z), x_i)`` source ``i``'s image
+    decoded by ``f`` and placed at its position, ``p`` the flow prior, ``lambda_i`` the
+    per-source prior weight) by Adam with the learning rate
+    ``lr_t = learning_rate * decay^(t / n_steps)`` (``t`` the step), stopping after
+    ``patience`` steps in a row without a relative improvement of ``tol``: a step
+    improves when ``L_t < L_best - tol |L_best|`` (:func:`galjax.core.optim.minimise`).
+    The measured effect of each default (accuracy, speed) is in
+    ``benchmarks/README.md``, sections "Deblending quality" and "Deblending speed".
+
+    Attributes:
+      n_steps: most Adam steps per field, >= 1; default 200 (MADNESS's count).
+      learning_rate: Adam step size at ``t = 0``, in latent units (the prior is
+        about ``N(0, 1)`` per latent), > 0; default 0.05 (MADNESS's).
+      decay: factor of the learning rate reached at ``t = n_steps`` (exponential
+        decay), in (0, 1]; default 0.1.
+      tol: relative loss improvement that counts as progress, >= 0; default 1e-3.
+      patience: steps without progress after which a field has converged, >= 1;
+        default 8.
+      prior_weight: ``lambda`` of bright sources, >= 0 (1: the posterior of Biswas et
+        al.; 0 with ``prior_weight_faint`` 0 or None: maximum likelihood, no prior
+        term); default 0.01, a weak prior on the directions the data leave free.
+      prior_weight_faint: ``lambda`` of faint sources, >= 0, or None for
+        ``prior_weight`` on every source; default 1.0. A source's weight is set
+        from the matched-filter SNR ``s = sqrt(sum_p w_p m_p^2)`` of its initial
+        (encoder) model ``m``: ``prior_weight_faint`` below ``faint_snr[0]``,
+        ``prior_weight`` above ``faint_snr[1]``, linear in ``log s`` between
+        (:func:`galjax.deblend.objective.prior_weights`). :func:`~galjax.deblend.laplace`
+        uses the same per-source weights.
+      faint_snr: ``(low, high)`` SNRs of that interpolation, ``0 < low < high``;
+        default ``(30.0, 100.0)``.
+      use_init_encoder: start from the encoder retrained on blends
+        (``model.init_params``) when the model has one; default True.
+      chunk: fields per compiled call (bounds memory; the last chunk is padded to
+        the same shape), >= 1 or None; None (default) picks 1 on CPU and 256 on an
+        accelerator. A vmapped chunk runs until its slowest field stops, which a
+        CPU pays for (its calls are compute-bound); an accelerator gains from the
+        large batch.
+      group: fields optimised together (vmapped) inside a compiled call; a chunk
+        larger than this runs its groups one after another (``lax.map``), >= 1 or
+        None; None (default) picks 1 on CPU and the whole chunk on an
+        accelerator. Ignored when a chunk is sharded over several devices.
+      refit_fluxes: after the MAP, rescale each source's model per band by its
+        weighted least-squares amplitude ``a_ib`` with the shapes fixed
+        (:func:`~galjax.deblend.refit_amplitudes`), correcting the decoder's
+        flux scale; default True (``a = 1`` without it).
+      debias: divide each flux by ``1 + b(s)``, the noise bias at the measured SNR
+        ``s`` calibrated for the model on simulations (``model.meta["flux_bias"]``,
+        written by ``galjax train calibrate``; :func:`~galjax.deblend.debias_fluxes`);
+        ignored for models without a table; default True.
+
+    >>> cfg = DeblendConfig(n_steps=50, prior_weight_faint=None)
+    >>> DeblendConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    """
+
+    n_steps: int = 200
+    learning_rate: float = 0.05
+    decay: float = 0.1
+    tol: float = 1e-3
+    patience: int = 8
+    prior_weight: float = 0.01
+    prior_weight_faint: float | None = 1.0
+    faint_snr: tuple[float, float] = (30.0, 100.0)
+    use_init_encoder: bool = True
+    chunk: int | None = None
+    group: int | None = None
+    refit_fluxes: bool = True
+    debias: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "faint_snr", tuple(float(v) for v in self.faint_snr))
+        sizes = (self.chunk, self.group)
+        if self.n_steps < 1 or any(v is not None and v < 1 for v in sizes) or self.patience < 1:
+            raise ValueError("n_steps, chunk, group and patience must be >= 1")
+        if not 0 < self.faint_snr[0] < self.faint_snr[1]:
+            raise ValueError(f"faint_snr: expected 0 < low < high, got {self.faint_snr}")
+        if self.learning_rate <= 0 or not 0 < self.decay <= 1:
+            raise ValueError("learning_rate must be > 0 and decay in (0, 1]")
+
+    def to_dict(self) -> dict:
+        """The settings as a plain dict (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeblendConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**d)
+
+
+class DeblendResult(NamedTuple):
+    """Deblending output, leading axis ``n`` fields (none from ``deblend_field``).
+
+    Fluxes and images are in the units of the field.
+
+    Attributes:
+      models: ``(n, n_max, h, w, bands)`` each source's model image in the field.
+      latents: ``(n, n_max, latent_dim)`` MAP latents.
+      fluxes: ``(n, n_max, bands)`` model flux inside the field (sum of ``models``).
+      residual: ``(n, h, w, bands)`` field minus the sum of the models.
+      chi2: ``(n,)`` residual ``sum_p w_p r_p^2`` per usable (``w_p > 0``) pixel value
+        (:func:`galjax.scores.metrics.chi2_per_pixel` with ``ivar``).
+      loss_history: ``(n, n_steps)`` objective before each step (the last value
+        repeated after convergence).
+      converged: ``(n,)`` True if the stopping rule fired before ``n_steps``.
+      n_iter: ``(n,)`` steps taken.
+      mask: ``(n, n_max)`` the source mask that was given.
+      amplitudes: ``(n, n_max, bands)`` factors applied to the decoded sources by the
+        flux refit and the noise-bias correction (1 without them):
+        ``models = amplitudes * render(latents)``.
+      prior_weights: ``(n, n_max)`` each source's weight ``lambda_i`` of
+        ``-log p(z_i)`` in the objective (:class:`DeblendConfig`); :func:`~galjax.deblend.laplace`
+        uses the same weights (0 for point sources and masked slots).
+      point: ``(n, n_max)`` True for the sources modelled as point sources; their
+        ``latents`` hold the log fluxes and offsets of :func:`~galjax.deblend.point_stamps`.
+    """
+
+    models: jax.Array
+    latents: jax.Array
+    fluxes: jax.Array
+    residual: jax.Array
+    chi2: jax.Array
+    loss_history: jax.Array
+    converged: jax.Array
+    n_iter: jax.Array
+    mask: jax.Array
+    amplitudes: jax.Array
+    prior_weights: jax.Array
+    point: jax.Array
+
+
+class DeblendHyper(NamedTuple):
+    """The float settings of a :class:`DeblendConfig` as traced scalars.
+
+    Passed to the compiled solve, so that changing them (a prior-weight sweep, a
+    tolerance) does not recompile; the rest of the config is static
+    (:func:`static_config`).
+    """
+
+    learning_rate: jax.Array
+    decay: jax.Array
+    tol: jax.Array
+    prior_weight: jax.Array
+    prior_weight_faint: jax.Array  # 0 when the config's is None (not used then)
+    faint_snr: jax.Array  # (2,)
+
+
+def traced_settings(cfg: DeblendConfig, dtype) -> DeblendHyper:
+    """The float settings of ``cfg`` as ``dtype`` arrays (:class:`DeblendHyper`)."""
+    faint = 0.0 if cfg.prior_weight_faint is None else cfg.prior_weight_faint
+    scalars = (cfg.learning_rate, cfg.decay, cfg.tol, cfg.prior_weight, faint)
+    return DeblendHyper(
+        *(jnp.asarray(v, dtype) for v in scalars), jnp.asarray(cfg.faint_snr, dtype)
+    )
+
+
+def static_config(cfg: DeblendConfig) -> DeblendConfig:
+    """``cfg`` as the compiled solve's static key.
+
+    The float settings (which travel in :class:`DeblendHyper`) and those used
+    outside the solve (``debias``, ``chunk``, ``group``) are set to the defaults,
+    keeping what changes the program: whether there is a prior term
+    (``prior_weight`` and ``prior_weight_faint`` zero or not) and whether the
+    faint-source weights are drawn (``prior_weight_faint`` None or not).
+    """
+    d = DeblendConfig()
+    reset = {f: getattr(d, f) for f in (*DeblendHyper._fields, "debias", "chunk", "group")}
+    faint = cfg.prior_weight_faint
+    reset["prior_weight"] = 0.0 if cfg.prior_weight == 0 else d.prior_weight
+    reset["prior_weight_faint"] = None if faint is None else (0.0 if faint == 0 else 1.0)
+    return dataclasses.replace(cfg, **reset)
