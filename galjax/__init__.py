@@ -1,19 +1,23 @@
 """galjax: a JAX functional research library for deep generative models of galaxy images.
 
-Subpackages, from the bottom layer up:
+Subpackages, from the bottom layer up (``docs/architecture.md``; a layer imports only
+from layers below it):
 
-- :mod:`galjax.sim`: differentiable galaxy simulator (profiles, PSFs, noise, blends).
-- :mod:`galjax.io`, :mod:`galjax.image.transforms`: FITS/tables/cutouts, data-set loaders,
-  jit-safe image transforms.
-- :mod:`galjax.models`: VAE, flow prior, model directories (imported on first use).
+- :mod:`galjax.core`: boundary checks, atomic files, the cache policy, the optax loop,
+  chunked maps.
+- :mod:`galjax.image`: array transforms and background estimation.
+- :mod:`galjax.io`, :mod:`galjax.sim`: FITS/tables/data sets; the differentiable simulator.
+- :mod:`galjax.scores`: metrics, calibration, PDFs, histograms, scores against the truth.
+- :mod:`galjax.models`: VAE, flow prior, PixelCNN++, WGAN, classifiers, mask network.
 - :mod:`galjax.train`: the training loop shared by every model, and the recipes.
-- :mod:`galjax.deblend`, :mod:`galjax.detect`, :mod:`galjax.fit`: MAP deblending,
-  detection, baseline methods (imported on first use).
-- :mod:`galjax.scores.metrics`: MSE, SSIM, flux errors, bits/dim, ROC/AUC.
+- :mod:`galjax.fit`, :mod:`galjax.detect`: parametric fits; detection and masks.
+- :mod:`galjax.deblend`, :mod:`galjax.ood`: MAP deblending; out-of-distribution scores.
+- :mod:`galjax.experiments`: the radio-galaxy study.
 - :mod:`galjax.plot`: figures; :mod:`galjax.cli`: the ``galjax`` command.
 
-Images are float32 arrays shaped ``(..., height, width, bands)``; positions are
-``(x, y)`` pixels, 0-based, x = column, pixel centres at integers.
+Subpackages above ``train`` load on first access (``galjax.deblend``), not on
+``import galjax``. Images are float32 arrays shaped ``(..., height, width, bands)``;
+positions are ``(x, y)`` pixels, 0-based, x = column, pixel centres at integers.
 """
 
 from importlib import metadata as _metadata
@@ -26,16 +30,15 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+local"
 
-_LAZY = ("models", "deblend", "detect", "fit", "plot")
+_LAZY = ("models", "fit", "detect", "deblend", "ood", "experiments", "plot", "cli")
 
 __all__ = [
-    "io",
     "core",
     "image",
+    "io",
     "scores",
     "sim",
     "train",
-
     *_LAZY,
     "set_cpu_device_count",
     "__version__",

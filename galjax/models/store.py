@@ -181,12 +181,15 @@ def load_model(directory) -> GalaxyModel:
             "Retrain it with `galjax train` or use a matching galjax version."
         )
     vcfg = VAEConfig.from_dict(meta["vae_config"])
-    template = init_vae(jax.random.key(0), vcfg)
+    # The parameter trees' structure only (no values are computed): the weights come
+    # from the files, and an eager initialisation would cost seconds per model.
+    template = jax.eval_shape(lambda k: init_vae(k, vcfg), jax.random.key(0))
     vae_params = _read(d / "vae.msgpack", template)
     fcfg = flow_params = init_params = None
     if meta.get("flow_config") is not None and (d / "flow.msgpack").is_file():
         fcfg = FlowConfig.from_dict(meta["flow_config"])
-        flow_params = _read(d / "flow.msgpack", init_flow(jax.random.key(0), fcfg))
+        flow_template = jax.eval_shape(lambda k: init_flow(k, fcfg), jax.random.key(0))
+        flow_params = _read(d / "flow.msgpack", flow_template)
     if (d / "init.msgpack").is_file():
         init_params = _read(d / "init.msgpack", template)
     return GalaxyModel(vcfg, vae_params, fcfg, flow_params, init_params, meta.get("meta", {}))
