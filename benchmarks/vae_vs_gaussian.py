@@ -345,7 +345,7 @@ def _cosmos(stamp):
         out = np.zeros((stamp, stamp))
         m = np.zeros((stamp, stamp))
         # centre crop or pad; for odd sizes the padding offset can differ by one pixel from
-        # galjax.image.transforms.crop_or_pad (these are the numbers in results/vae_vs_gaussian.json)
+        # galjax.image.transforms.crop_or_pad (the numbers in results/vae_vs_gaussian.json)
         sy, sx = max((h - stamp) // 2, 0), max((w - stamp) // 2, 0)
         dy, dx = max((stamp - h) // 2, 0), max((stamp - w) // 2, 0)
         ch, cw = min(h, stamp), min(w, stamp)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from galjax.plot.calibration import pit_figure, reliability_diagram, roc_curves
 from galjax.scores.calibration import (
     expected_calibration_error,
     pit_histogram,
@@ -14,7 +15,6 @@ from galjax.scores.calibration import (
     threshold_at_fpr,
 )
 from galjax.scores.classification import correct_priors
-from galjax.plot.calibration import pit_figure, reliability_diagram, roc_curves
 
 
 def test_ece_zero_for_exactly_calibrated_predictor():

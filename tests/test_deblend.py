@@ -511,9 +511,7 @@ def test_faint_prior_weight_interpolates_by_initial_snr(model, scene):
     np.testing.assert_allclose(
         prior_weights(model, z0, f, p, m, iv, ps, all_bright), 0.01, rtol=1e-5
     )
-    np.testing.assert_allclose(
-        prior_weights(model, z0, f, p, m, iv, ps, all_faint), 1.0, rtol=1e-5
-    )
+    np.testing.assert_allclose(prior_weights(model, z0, f, p, m, iv, ps, all_faint), 1.0, rtol=1e-5)
     # All sources faint: the same solve as a uniform weight of 1.
     a = deblend_field(model, *args[:4], config=dataclasses.replace(all_faint, n_steps=20))
     b = deblend_field(model, *args[:4], config=DeblendConfig(n_steps=20, prior_weight=1.0))
@@ -575,3 +573,38 @@ def test_laplace_drops_slots_no_field_uses(model, scene):
     assert both.shape == (3, 4, 1)
     np.testing.assert_allclose(both[:, :2], narrow, rtol=1e-5, atol=1e-7)
     assert np.all(both[:, 2:] == 0)
+
+
+def test_galaxy_model_is_a_pytree_with_static_configs(model):
+    leaves, tree = jax.tree.flatten(model)
+    back = jax.tree.unflatten(tree, leaves)
+    assert back.vae_config == CFG and back.flow_config == FLOW
+    assert all(isinstance(x, jax.Array) for x in leaves)  # the configs are not leaves
+    f = jax.jit(lambda m, x: m.vae_config.latent_dim * x)  # configs are Python values inside
+    assert float(f(model, 1.0)) == 4.0
+    # Metadata is static and compared by content: equal metadata share a compilation.
+    f(model.replace(meta={"flux_bias": {"snr": [1.0, 2.0]}}), 1.0)
+    n = f._cache_size()
+    f(model.replace(meta={"flux_bias": {"snr": [1.0, 2.0]}}), 1.0)
+    assert f._cache_size() == n
+    f(model.replace(meta={"flux_bias": {"snr": [1.0, 3.0]}}), 1.0)
+    assert f._cache_size() == n + 1
+    assert model._replace(meta={"a": 1}).meta == {"a": 1} and model.meta is None
+
+
+def test_chi2_per_pixel_with_ivar_counts_usable_pixels():
+    from galjax.scores.metrics import chi2_per_pixel
+
+    r = jax.random.normal(jax.random.key(0), (2, 5, 5, 1))
+    ivar = jnp.full(r.shape, 4.0).at[0, :2].set(0.0)
+    want = jnp.sum(ivar * r**2, axis=(1, 2, 3)) / jnp.array([15.0, 25.0])
+    np.testing.assert_allclose(chi2_per_pixel(r, ivar=ivar), want, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda a, b: chi2_per_pixel(a, ivar=b))(r, ivar), want,
+                               rtol=1e-6)  # fmt: skip
+    # The same statistic as sigma = 1 / sqrt(ivar) with the unusable pixels masked.
+    np.testing.assert_allclose(chi2_per_pixel(r, 0.5, ivar > 0), want, rtol=1e-6)
+    assert float(chi2_per_pixel(r[0], ivar=jnp.zeros_like(r[0]))) == 0.0  # no usable pixel
+    with pytest.raises(ValueError, match="ivar"):
+        chi2_per_pixel(r, ivar=-ivar)
+    with pytest.raises(ValueError, match="exactly one"):
+        chi2_per_pixel(r, 1.0, ivar=ivar)

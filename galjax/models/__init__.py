@@ -11,7 +11,6 @@
 
 from . import classifier, flow, gan, masknet, pixelcnn, store, vae
 from .classifier import BinnedPDFRegressor, CNNClassifier, FCNClassifier, predict_pdf, predict_proba
-
 from .flow import FlowConfig, FlowPrior, flow_distribution, init_flow, log_prior, sample_prior
 from .store import MODEL_FORMAT, GalaxyModel, default_model_dir, load_model, save_model
 from .vae import (

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from galjax.scores.calibration import ReliabilityCurve, pit_histogram, pit_uniformity
 from galjax.plot.figure import new_figure, save_figure
+from galjax.scores.calibration import ReliabilityCurve, pit_histogram, pit_uniformity
 
 __all__ = ["reliability_diagram", "roc_curves", "pit_figure"]
 

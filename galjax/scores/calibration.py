@@ -225,8 +225,9 @@ def roc_per_class(probs, labels, class_names=None):
 def threshold_at_fpr(scores, labels, fpr: float):
     """Lowest score threshold whose false-positive rate does not exceed ``fpr``.
 
-    Classify ``s >= t`` as positive. Among the ROC thresholds (:func:`galjax.scores.metrics.roc_curve`)
-    with ``FPR(t) <= fpr`` this returns the one with the largest true-positive rate.
+    Classify ``s >= t`` as positive. Among the ROC thresholds
+    (:func:`galjax.scores.metrics.roc_curve`) with ``FPR(t) <= fpr`` this returns the one
+    with the largest true-positive rate.
 
     Args:
       scores: ``(n,)`` scores (higher = more positive).
@@ -254,7 +255,7 @@ def pit_histogram(pit, n_bins: int = 20):
     """Histogram of PIT values on ``[0, 1]`` normalised as a density.
 
     Args:
-      pit: ``(n,)`` values in ``[0, 1]`` (:func:`galjax.classify.pit_values`).
+      pit: ``(n,)`` values in ``[0, 1]`` (:func:`galjax.scores.pdf.pit_values`).
       n_bins: number of equal bins.
 
     Returns:

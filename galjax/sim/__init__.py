@@ -11,6 +11,7 @@ from .blend import (
     simulate_fields,
     simulate_stamp,
 )
+from .contaminants import MASK_CLASSES, InjectionConfig, inject_contaminants
 from .galaxy import (
     GalaxyParams,
     RenderConfig,
@@ -22,7 +23,6 @@ from .galaxy import (
     smooth_twin,
     validate_galaxy_params,
 )
-from .contaminants import MASK_CLASSES, InjectionConfig, inject_contaminants
 from .noise import add_background, add_noise, noise_variance
 from .profiles import (
     SERSIC_N_RANGE,

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from galjax.core.checks import check_finite, check_positive, check_range
+
 from .profiles import SERSIC_N_RANGE, gaussian_sb, pixelate, q_beta_from_e, sersic_sb
 from .psf import convolve_fft
 

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 
 from galjax.core.files import atomic_write
 from galjax.train.checkpoint import (
-    to_host,
     load_checkpoint_metadata,
     restore_checkpoint,
     save_checkpoint,
+    to_host,
 )
 from galjax.train.config import TrainConfig
 from galjax.train.parallel import check_divisible, data_mesh, replicate, shard_batch
