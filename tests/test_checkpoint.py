@@ -103,3 +103,21 @@ def test_bad_metadata(tmp_path):
     with pytest.raises(TypeError, match="metadata"):
         save_checkpoint(tmp_path / "x.msgpack", {"a": jnp.ones(1)}, metadata={"f": object()})
     assert not (tmp_path / "x.msgpack").exists()
+
+
+def test_temporary_files_of_a_killed_run_are_removed_on_the_next_save(tmp_path, key):
+    import os
+
+    from galjax.core.files import clean_stale_tmp
+
+    old = tmp_path / ".tmp-0123456789ab-checkpoint.msgpack"  # a run killed mid-write
+    young = tmp_path / ".tmp-ba9876543210-best.msgpack"  # a write still running
+    old.write_bytes(b"partial")
+    young.write_bytes(b"partial")
+    os.utime(old, (0, 0))
+    save_checkpoint(tmp_path / "checkpoint.msgpack", _state(key))
+    assert not old.exists() and young.exists()
+    assert clean_stale_tmp(tmp_path, older_than_s=0) == [young]
+    assert clean_stale_tmp(tmp_path / "missing") == []
+    with pytest.raises(ValueError, match="older_than_s"):
+        clean_stale_tmp(tmp_path, older_than_s=float("nan"))

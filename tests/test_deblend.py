@@ -31,12 +31,20 @@ FAST = DeblendConfig(n_steps=30, chunk=2)
 
 @pytest.fixture(scope="module")
 def model():
+    """The untrained model, its reference noise (``meta["survey"]["sky_sigma"]``) the
+    scene's sigma: deblend()'s noise units are then the scene's own units."""
     k = jax.random.key(3)
-    return GalaxyModel(CFG, init_vae(k, CFG), FLOW, init_flow(k, FLOW))
+    base = GalaxyModel(CFG, init_vae(k, CFG), FLOW, init_flow(k, FLOW))
+    sigma = float(_scene(base)["sigma"].flat[0])
+    return base.replace(meta={"survey": {"sky_sigma": [sigma]}})
 
 
 @pytest.fixture(scope="module")
 def scene(model):
+    return _scene(model)
+
+
+def _scene(model):
     """Fields made by the model itself from known latents, so the truth is reachable."""
     k = jax.random.key(7)
     n, n_max, h = 3, 2, 24
@@ -482,7 +490,7 @@ def test_debias_fluxes_divides_the_bias_out(model, scene):
         np.testing.assert_allclose(other.fluxes, out.fluxes, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(other.chi2, out.chi2, rtol=1e-5)
     # deblend() applies a model's calibrated table unless debias=False.
-    biased = model._replace(meta={"flux_bias": table})
+    biased = model._replace(meta={**model.meta, "flux_bias": table})
     chunks = {}
     on = deblend(biased, f, p, m, sigma=s, config=FAST, progress=False,
                  on_chunk=lambda start, r: chunks.update({start: r.fluxes}))  # fmt: skip
@@ -589,7 +597,7 @@ def test_galaxy_model_is_a_pytree_with_static_configs(model):
     assert f._cache_size() == n
     f(model.replace(meta={"flux_bias": {"snr": [1.0, 3.0]}}), 1.0)
     assert f._cache_size() == n + 1
-    assert model._replace(meta={"a": 1}).meta == {"a": 1} and model.meta is None
+    assert model._replace(meta={"a": 1}).meta == {"a": 1} and "a" not in model.meta
 
 
 def test_chi2_per_pixel_with_ivar_counts_usable_pixels():

@@ -260,3 +260,51 @@ def test_bad_configs():
         VAEConfig(stamp_size=99, dec_start=3)
     assert VAEConfig.from_dict(TINY.to_dict()) == TINY
     assert FlowConfig.from_dict(TINY_FLOW.to_dict()) == TINY_FLOW
+
+
+def _edit_model_json(path, edit):
+    meta = json.loads((path / "model.json").read_text())
+    edit(meta)
+    (path / "model.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda d: _edit_model_json(d, lambda m: m.pop("vae_config")), "no 'vae_config' entry"),
+        (lambda d: _edit_model_json(d, lambda m: m["vae_config"].update(arch=3)), "'vae_config'"),
+        (lambda d: _edit_model_json(d, lambda m: m.update(flow_config="x")), "'flow_config' is"),
+        (lambda d: (d / "flow.msgpack").unlink(), "flow.msgpack is missing"),
+        (lambda d: _edit_model_json(d, lambda m: m["flow_config"].update(dim=6)), "dim=6"),
+        (
+            lambda d: _edit_model_json(
+                d, lambda m: (m["vae_config"].update(latent_dim=6), m["flow_config"].update(dim=6))
+            ),
+            r"'vae_config' \(latent_dim=6.*shape \(4, 16\) in the file, \(6, 16\)",
+        ),
+    ],
+    ids=[
+        "no-vae-config",
+        "bad-vae-config",
+        "bad-flow-config",
+        "no-flow-file",
+        "flow-dim",
+        "latent-dim",
+    ],  # fmt: skip
+)
+def test_model_folder_damage_is_named_at_load_time(tmp_path, key, damage, match):
+    save_model(
+        tmp_path, GalaxyModel(TINY, init_vae(key, TINY), TINY_FLOW, init_flow(key, TINY_FLOW))
+    )
+    damage(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        load_model(tmp_path)
+
+
+def test_save_model_removes_stale_temporary_files(tmp_path, key):
+    import os
+
+    tmp_path.joinpath(".tmp-0123456789ab-vae.msgpack").write_bytes(b"partial")
+    os.utime(tmp_path / ".tmp-0123456789ab-vae.msgpack", (0, 0))
+    save_model(tmp_path, GalaxyModel(TINY, init_vae(key, TINY)))
+    assert not list(tmp_path.glob(".tmp-*"))

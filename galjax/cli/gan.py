@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galjax.cli.runtime import nonnegative_float, positive_int
+
 __all__ = ["register"]
 
 
@@ -27,6 +29,19 @@ def _load_data(args, split=None):
     from galjax.io.radio import load_radio
 
     return load_radio(args.data, size=args.size, crop=args.crop, split=split)
+
+
+def _checkpoints(run):
+    """The run's checkpoints; a missing folder or none in it names ``--run``."""
+    from galjax.train.recipes.gan import list_checkpoints
+
+    try:
+        ckpts = list_checkpoints(run)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--run: {err}") from err
+    if not ckpts:
+        raise SystemExit(f"--run: no checkpoint (ckpt_*.msgpack) in {str(run)!r}")
+    return ckpts
 
 
 def _train(args) -> int:
@@ -77,11 +92,9 @@ def _select(args) -> int:
     from galjax.experiments.radio import evaluate_checkpoints, sample_classes
     from galjax.plot import image_grid
     from galjax.scores.histograms import format_rmae_table, write_rmae_table
-    from galjax.train.recipes.gan import list_checkpoints, load_gan_checkpoint
+    from galjax.train.recipes.gan import load_gan_checkpoint
 
-    ckpts = list_checkpoints(args.run)
-    if not ckpts:
-        raise SystemExit(f"--run: no checkpoint (ckpt_*.msgpack) in {args.run!r}")
+    ckpts = _checkpoints(args.run)
     cfg, _, _ = load_gan_checkpoint(ckpts[0])
     args.size = cfg.image_size
     data = _load_data(args, split=args.split)
@@ -111,12 +124,10 @@ def _sample(args) -> int:
     from galjax.experiments.radio import sample_classes
     from galjax.io.radio import class_index
     from galjax.plot import image_grid
-    from galjax.train.recipes.gan import checkpoint_path, list_checkpoints, load_gan_checkpoint
+    from galjax.train.recipes.gan import checkpoint_path, load_gan_checkpoint
 
     run = Path(args.run)
-    ckpts = list_checkpoints(run)
-    if not ckpts:
-        raise SystemExit(f"--run: no checkpoint (ckpt_*.msgpack) in {args.run!r}")
+    ckpts = _checkpoints(run)
     names = load_gan_checkpoint(ckpts[-1])[2]
     try:
         c = class_index(args.class_name, names)
@@ -140,7 +151,7 @@ def _sample(args) -> int:
 
 def _add_data_args(p):
     p.add_argument("--data", required=True, help="first_fr_4class.npz")
-    p.add_argument("--crop", type=int, default=128, help="central crop (input pixels)")
+    p.add_argument("--crop", type=positive_int, default=128, help="central crop (input pixels)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -152,17 +163,23 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="train the conditional WGAN-GP, keeping checkpoints")
     _add_data_args(t)
     t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--size", type=int, default=64, help="image side (64 on CPU, 128 paper)")
-    t.add_argument("--steps", type=int, default=2000, help="generator steps")
-    t.add_argument("--checkpoint-every", type=int, default=200)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument(
+        "--size", type=positive_int, default=64, help="image side (64 on CPU, 128 paper)"
+    )
+    t.add_argument("--steps", type=positive_int, default=2000, help="generator steps")
+    t.add_argument("--checkpoint-every", type=positive_int, default=200)
+    t.add_argument("--batch-size", type=positive_int, default=32)
     t.add_argument("--critic", choices=("cnn", "fcn"), default="cnn")
-    t.add_argument("--smear", type=float, default=0.0, help="Gaussian smearing sigma (px)")
+    t.add_argument(
+        "--smear", type=nonnegative_float, default=0.0, help="Gaussian smearing sigma (px)"
+    )
     t.add_argument("--smear-where", choices=("before_clip", "after_clip"), default="before_clip")
-    t.add_argument("--gen-features", type=int, default=32)
-    t.add_argument("--critic-features", type=int, default=32)
-    t.add_argument("--latent-dim", type=int, default=100)
-    t.add_argument("--n-critic", type=int, default=5, help="critic updates per generator update")
+    t.add_argument("--gen-features", type=positive_int, default=32)
+    t.add_argument("--critic-features", type=positive_int, default=32)
+    t.add_argument("--latent-dim", type=positive_int, default=100)
+    t.add_argument(
+        "--n-critic", type=positive_int, default=5, help="critic updates per generator update"
+    )
     t.add_argument("--splits", default="train", help="comma-separated splits to train on")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
@@ -171,13 +188,13 @@ def register(subparsers) -> None:
     _add_data_args(s)
     s.add_argument("--run", required=True)
     s.add_argument("--split", default="train", help="real images to compare with")
-    s.add_argument("--n-per-class", type=int, default=200)
+    s.add_argument("--n-per-class", type=positive_int, default=200)
     s.set_defaults(func=_select)
 
     m = sub.add_parser("sample", help="draw images of one class with its selected checkpoint")
     m.add_argument("--run", required=True)
     m.add_argument("--class", dest="class_name", required=True, help="FRI, FRII, Compact or Bent")
-    m.add_argument("--n", type=int, default=16)
+    m.add_argument("--n", type=positive_int, default=16)
     m.add_argument("--out", default=None, help="PNG path (default run/samples_CLASS.png)")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=_sample)

@@ -1,12 +1,98 @@
-"""The command's runtime settings: the persistent XLA compilation cache and one CPU device
-per core for deblending."""
+"""The command's runtime settings: the persistent XLA compilation cache, one CPU device
+per core for deblending, and the ``argparse`` types of the numeric options."""
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
+import sys
 from pathlib import Path
 
-__all__ = ["compilation_cache_dir", "enable_compilation_cache", "use_cpu_cores"]
+__all__ = [
+    "compilation_cache_dir",
+    "enable_compilation_cache",
+    "use_cpu_cores",
+    "positive_int",
+    "nonnegative_int",
+    "positive_float",
+    "finite_float",
+    "nonnegative_float",
+    "probability",
+    "INPUT_ERRORS",
+    "report_error",
+]
+
+#: The exceptions that mean bad input: reported in one line, exit status 2.
+INPUT_ERRORS = (ValueError, TypeError, OSError, KeyError)
+
+
+def report_error(command: str, err: BaseException) -> int:
+    """Print ``galjax <command>: error: <message>`` on stderr; return the exit status 2."""
+    if isinstance(err, SystemExit):
+        message = str(err.code)
+    elif isinstance(err, KeyError) and len(err.args) == 1:
+        message = str(err.args[0])  # str(KeyError) adds quotes
+    else:
+        message = str(err) or type(err).__name__
+    print(f"galjax {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _number(text: str, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer >= 1 (``--steps``, ``--batch``, ``--n-stamps``, ...)."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """``argparse`` type: an integer >= 0."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """``argparse`` type: a finite number (no nan or inf)."""
+    value = _number(text, float)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``argparse`` type: a finite number > 0 (``--sigma``, ``--lr``, ...)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """``argparse`` type: a finite number >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """``argparse`` type: a finite number in [0, 1] (``--threshold``)."""
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
 
 
 def compilation_cache_dir(environ=None) -> Path | None:
@@ -59,12 +145,11 @@ def use_cpu_cores() -> None:
     try:
         n = int(value) if value else None
     except ValueError:
-        raise SystemExit(
-            f"GALJAX_CPU_DEVICES: expected a positive integer, got {value!r}"
-        ) from None
+        msg = f"GALJAX_CPU_DEVICES: expected a positive integer, got {value!r}"
+        raise ValueError(msg) from None
     try:
         set_cpu_device_count(n)
     except ValueError as err:
-        raise SystemExit(f"GALJAX_CPU_DEVICES: {err}") from err
+        raise ValueError(f"GALJAX_CPU_DEVICES: {err}") from err
     except RuntimeError:
         pass  # JAX is already running in this process: keep its devices

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galjax.cli.runtime import positive_int
+
 __all__ = ["register"]
 
 
@@ -16,19 +18,21 @@ def _simulate(args) -> int:
     from astropy.io import fits
     from astropy.table import Table
 
+    from galjax.core.files import clean_stale_tmp
     from galjax.io import write_fits, write_table
     from galjax.plot import image_grid
     from galjax.sim import SURVEYS, simulate_fields
 
     if args.survey not in SURVEYS:
-        raise SystemExit(f"--survey: unknown survey {args.survey!r}; choose from {sorted(SURVEYS)}")
+        raise ValueError(f"--survey: unknown survey {args.survey!r}; choose from {sorted(SURVEYS)}")
     if args.n < 1:
-        raise SystemExit(f"--n: expected >= 1, got {args.n}")
+        raise ValueError(f"--n: expected >= 1, got {args.n}")
     survey = SURVEYS[args.survey]
     out = Path(args.out)
     if out.suffix.lower() not in (".fits", ".fit", ".fts"):
-        raise SystemExit(f"--out: expected a .fits path, got {str(out)!r}")
+        raise ValueError(f"--out: expected a .fits path, got {str(out)!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out.parent)  # temporary files of a killed earlier run
 
     t0 = time.perf_counter()
     f = simulate_fields(
@@ -104,11 +108,11 @@ def _simulate(args) -> int:
 def register(subparsers) -> None:
     """Add the ``simulate`` sub-command to an ``argparse`` sub-parser collection."""
     sim = subparsers.add_parser("simulate", help="simulate blended fields with their truth")
-    sim.add_argument("--n", type=int, default=64, help="number of fields (default 64)")
+    sim.add_argument("--n", type=positive_int, default=64, help="number of fields (default 64)")
     sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sim.add_argument("--out", default="galjax_demo/fields.fits", help="output FITS path")
     sim.add_argument("--survey", default="lsst_r", help="built-in survey (default lsst_r)")
-    sim.add_argument("--n-max", type=int, default=4, help="maximum sources per field")
-    sim.add_argument("--chunk", type=int, default=256, help="fields per compiled call")
+    sim.add_argument("--n-max", type=positive_int, default=4, help="maximum sources per field")
+    sim.add_argument("--chunk", type=positive_int, default=256, help="fields per compiled call")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_simulate)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galjax.cli.runtime import nonnegative_int, positive_float, positive_int
+
 __all__ = ["register"]
 
 
@@ -20,7 +22,7 @@ def _train_config(args, n_steps):
         batch_size=args.batch,
         log_every=100,
         eval_every=10**9,
-        checkpoint_every=1000,
+        checkpoint_every=args.checkpoint_every,
         seed=args.seed,
     )
 
@@ -37,7 +39,7 @@ def _load_stamps(args, survey, key):
         else:
             img = read_fits_stack(args.stamps).data.astype(np.float32)
         if img.shape[1] != survey.stamp_size or img.shape[-1] != survey.n_bands:
-            raise SystemExit(
+            raise ValueError(
                 f"--stamps: expected (n, {survey.stamp_size}, {survey.stamp_size}, "
                 f"{survey.n_bands}) stamps for survey {survey.name}, got {img.shape}"
             )
@@ -84,7 +86,7 @@ def _override_survey(survey, items):
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in fields or key in ("render", "name"):
-            raise SystemExit(
+            raise ValueError(
                 f"--survey-set: expected KEY=VALUE with KEY a Survey field "
                 f"({', '.join(k for k in fields if k not in ('render', 'name'))}), got {item!r}"
             )
@@ -99,12 +101,12 @@ def _override_survey(survey, items):
             else:
                 new = type(old)(value)
         except ValueError as err:
-            raise SystemExit(f"--survey-set: bad value for {key}: {value!r} ({err})") from err
+            raise ValueError(f"--survey-set: bad value for {key}: {value!r} ({err})") from err
         changes[key] = new
     try:
         return dataclasses.replace(survey, **changes)
     except ValueError as err:
-        raise SystemExit(f"--survey-set: {err}") from err
+        raise ValueError(f"--survey-set: {err}") from err
 
 
 def _train(args) -> int:
@@ -128,7 +130,7 @@ def _train(args) -> int:
     t0 = time.perf_counter()
     if args.what == "vae":
         if args.survey not in SURVEYS:
-            raise SystemExit(
+            raise ValueError(
                 f"--survey: unknown survey {args.survey!r}; choose from {sorted(SURVEYS)}"
             )
         survey = _override_survey(SURVEYS[args.survey], args.survey_set)
@@ -234,14 +236,28 @@ def register(subparsers) -> None:
         "--stamps",
         help="FITS stack (n, bands, h, w) or a folder of FITS stamps, instead of the simulator",
     )
-    tr.add_argument("--n-stamps", type=int, default=32768, help="simulated training stamps")
     tr.add_argument(
-        "--n-fields", type=int, default=None, help="blended fields (init: 4096, calibrate: 256)"
+        "--n-stamps", type=positive_int, default=32768, help="simulated training stamps"
     )
-    tr.add_argument("--steps", type=int, default=6000, help="optimiser steps")
-    tr.add_argument("--batch", type=int, default=64, help="batch size")
-    tr.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay)")
-    tr.add_argument("--latent-dim", type=int, default=16, help="latent dimension (vae)")
+    tr.add_argument(
+        "--n-fields",
+        type=positive_int,
+        default=None,
+        help="blended fields (init: 4096, calibrate: 256)",
+    )
+    tr.add_argument("--steps", type=positive_int, default=6000, help="optimiser steps")
+    tr.add_argument("--batch", type=positive_int, default=64, help="batch size")
+    tr.add_argument(
+        "--lr", type=positive_float, default=1e-3, help="peak learning rate (cosine decay)"
+    )
+    tr.add_argument("--latent-dim", type=positive_int, default=16, help="latent dimension (vae)")
+    tr.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=1000,
+        help="save the training state every this many steps (and after the last); an "
+        "interrupted run resumes from it",
+    )
     tr.add_argument("--seed", type=int, default=0, help="random seed")
     tr.add_argument(
         "--linear-output", action="store_true", help="no ReLU on the decoder output (vae)"
@@ -253,7 +269,7 @@ def register(subparsers) -> None:
     )
     tr.add_argument(
         "--posterior-samples",
-        type=int,
+        type=nonnegative_int,
         default=4,
         help="flow: fit draws from q(z|x), this many per stamp (0: the posterior means)",
     )

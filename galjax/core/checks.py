@@ -28,7 +28,14 @@ __all__ = [
     "check_psf",
     "check_probabilities",
     "check_odd_psf",
+    "check_psf_centred",
+    "InputError",
 ]
+
+
+class InputError(ValueError):
+    """Bad input to a galjax entry point (a ``ValueError``); the message starts with the
+    argument's name and ``": "``, e.g. ``"sigma: expected finite values > 0, got nan"``."""
 
 
 def is_concrete(x) -> bool:
@@ -247,6 +254,53 @@ def check_odd_psf(name: str, psf, bands: int | None = None, normalise: bool = Tr
             f"{name}: expected odd sizes so the PSF centre is a pixel, got shape {arr.shape}"
         )
     return arr
+
+
+def check_psf_centred(name: str, psf, max_offset: float = 1.0):
+    """Refuse a PSF ``(psf_h, psf_w, bands)`` whose centroid is off its central pixel.
+
+    Per band the centroid is ``c = sum_p x_p P_p / sum_p P_p`` (``x_p = (x, y)`` the pixel
+    indices) and the central pixel ``((psf_w - 1) / 2, (psf_h - 1) / 2)``; a distance
+    ``|c - centre| > max_offset`` pixels is refused: a PSF stored off centre would shift
+    every model drawn with it. Host-side numpy (concrete input only; tracers pass).
+
+    Args:
+      name: argument name used in messages.
+      psf: array-like ``(psf_h, psf_w, bands)`` with a positive sum per band
+        (:func:`check_psf`).
+      max_offset: largest distance allowed, in pixels; default 1.
+
+    Returns:
+      ``psf``, unchanged.
+
+    >>> p = np.zeros((5, 5, 1)); p[2, 2] = 1.0
+    >>> check_psf_centred("psf", p).shape
+    (5, 5, 1)
+    >>> p = np.zeros((11, 11, 1)); p[5, 10] = 1.0
+    >>> check_psf_centred("psf", p)
+    Traceback (most recent call last):
+    ...
+    ValueError: psf: centroid (dx, dy) = (5, 0) px from the central pixel in band 0; ...
+    """
+    if not is_concrete(psf):
+        return psf
+    a = np.asarray(psf, np.float64)
+    if a.ndim != 3:
+        raise ValueError(f"{name}: expected shape (psf_h, psf_w, bands), got shape {a.shape}")
+    total = a.sum(axis=(0, 1))
+    y, x = np.arange(a.shape[0]), np.arange(a.shape[1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dx = np.einsum("hwb,w->b", a, x) / total - (a.shape[1] - 1) / 2
+        dy = np.einsum("hwb,h->b", a, y) / total - (a.shape[0] - 1) / 2
+    dist = np.hypot(dx, dy)
+    bad = ~(dist <= max_offset)
+    if np.any(bad):
+        b = int(np.argmax(bad))
+        raise ValueError(
+            f"{name}: centroid (dx, dy) = ({dx[b]:.3g}, {dy[b]:.3g}) px from the central pixel in "
+            f"band {b}; expected within {max_offset:g} px (a PSF centred on its central pixel)"
+        )
+    return psf
 
 
 def check_labels(name: str, labels, n_classes: int | None = None, n: int | None = None):

@@ -7,6 +7,10 @@ a relative improvement of ``tol``,
 
     improved_t = (t == 0) or f_t < best_t - tol |best_t|.
 
+When the objective or the updated parameters become non-finite, the parameters go
+back to the last ones whose objective was finite, the loop stops (``lax.scan``: the
+remaining steps leave them there) and :attr:`MinimiseInfo.finite` is False.
+
 It is pure, so it ``vmap``s over fields or images (each lane stops on its own
 only in the sense that its parameters freeze; under ``vmap`` the loop runs until
 every lane has stopped). Used by the deblender, the parametric scene fits and the
@@ -36,23 +40,30 @@ class MinimiseInfo(NamedTuple):
 
     Attributes:
       n_steps: int32 scalar, updates taken.
-      converged: bool scalar, stopped by the patience rule (always False without one).
+      converged: bool scalar, stopped by the patience rule (always False without one,
+        and False when the objective or the parameters became non-finite).
       history: ``(n_steps,)`` objective before each update; entries after the last
         update repeat the last value.
+      finite: bool scalar, False when the objective or the parameters became
+        non-finite (the parameters returned are then the last ones with a finite
+        objective).
     """
 
     n_steps: jax.Array
     converged: jax.Array
     history: jax.Array
+    finite: jax.Array
 
 
 class _Loop(NamedTuple):
     step: jax.Array
     params: Any
+    prev: Any
     opt: optax.OptState
     best: jax.Array
     since: jax.Array
     history: jax.Array
+    finite: jax.Array
 
 
 def minimise(
@@ -90,11 +101,21 @@ def minimise(
         value_and_grad = lambda p, _: vg(p)  # noqa: E731
     extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
 
-    def update(params, opt):
+    def update(params, prev, opt, finite):
+        """One step from ``params`` (``prev`` the step before), taken only while everything
+        is finite: ``(value, params, prev, opt, finite)``."""
         value, grad = value_and_grad(params, opt)
         kw = {"value": value, "grad": grad, "value_fn": fun} if extra else {}
-        updates, opt = optimizer.update(grad, opt, params, **kw)
-        return value, optax.apply_updates(params, updates), opt
+        updates, new_opt = optimizer.update(grad, opt, params, **kw)
+        new = optax.apply_updates(params, updates)
+        finite_new = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(new)]))
+        ok_value = finite & jnp.isfinite(value)
+        ok = ok_value & finite_new
+        # A non-finite step would poison every later one: go back to the last parameters
+        # whose objective was finite (params if only the update failed, else prev).
+        where = lambda c, a, b: jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)  # noqa: E731
+        back = where(ok_value, params, prev)
+        return value, where(ok, new, back), where(ok, params, back), where(ok, new_opt, opt), ok
 
     # optax's bias corrections and schedules mix int32 counts with float scalars.
     with jax.numpy_dtype_promotion("standard"):
@@ -102,40 +123,46 @@ def minimise(
         if patience is None:
 
             def scan_step(carry, _):
-                value, p, opt = update(*carry)
-                return (p, opt), value
+                value, p, prev, opt, ok = update(*carry)
+                return (p, prev, opt, ok), value
 
-            (params, _), hist = jax.lax.scan(scan_step, (params, opt0), None, length=n_steps)
-            info = MinimiseInfo(jnp.asarray(n_steps, jnp.int32), jnp.asarray(False), hist)
+            (params, _, _, ok), hist = jax.lax.scan(
+                scan_step, (params, params, opt0, jnp.asarray(True)), None, length=n_steps
+            )
+            info = MinimiseInfo(jnp.asarray(n_steps, jnp.int32), jnp.asarray(False), hist, ok)
             return params, info
 
         dtype = jax.eval_shape(fun, params).dtype
 
         def cond(st):
-            return (st.step < n_steps) & (st.since < patience)
+            return (st.step < n_steps) & (st.since < patience) & st.finite
 
         def body(st):
-            value, p, opt = update(st.params, st.opt)
+            value, p, prev, opt, ok = update(st.params, st.prev, st.opt, st.finite)
             # The first step always counts (best starts at inf, and inf - tol * inf is NaN).
             improved = (st.step == 0) | (value < st.best - tol * jnp.abs(st.best))
             return _Loop(
                 st.step + 1,
                 p,
+                prev,
                 opt,
                 jnp.where(improved, value, st.best),
                 jnp.where(improved, 0, st.since + 1),
                 st.history.at[st.step].set(value),
+                ok,
             )
 
         st0 = _Loop(
             jnp.array(0, jnp.int32),
             params,
+            params,
             opt0,
             jnp.array(jnp.inf, dtype),
             jnp.array(0, jnp.int32),
             jnp.zeros((n_steps,), dtype),
+            jnp.asarray(True),
         )
         st = jax.lax.while_loop(cond, body, st0)
     last = st.history[jnp.maximum(st.step - 1, 0)]
     hist = jnp.where(jnp.arange(n_steps) < st.step, st.history, last)
-    return st.params, MinimiseInfo(st.step, st.since >= patience, hist)
+    return st.params, MinimiseInfo(st.step, (st.since >= patience) & st.finite, hist, st.finite)

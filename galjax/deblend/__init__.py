@@ -13,7 +13,9 @@ uncertainties and posterior samples of each source's image.
 
 Modules, in the order they build on each other:
 
-- :mod:`~galjax.deblend.config`: :class:`DeblendConfig`, :class:`DeblendResult`.
+- :mod:`~galjax.deblend.config`: :class:`DeblendConfig`, :class:`DeblendResult`,
+  :class:`DeblendStatus` (each field's flags; :func:`status_text`).
+- :mod:`~galjax.deblend.inputs`: input checks, pixel masking, noise normalisation.
 - :mod:`~galjax.deblend.render`: drawing decoded galaxies and point sources in a field.
 - :mod:`~galjax.deblend.point`: point sources (stars): start values, the point-source test.
 - :mod:`~galjax.deblend.objective`: the MAP objective, prior weights, the flux refit.
@@ -28,7 +30,7 @@ Evaluation against the truth of simulations is in :mod:`galjax.scores.truth`.
 
 from galjax.deblend.batching import deblend, pad_fields
 from galjax.deblend.calibrate import calibrate_flux_errors, calibrate_model_error
-from galjax.deblend.config import DeblendConfig, DeblendResult
+from galjax.deblend.config import DeblendConfig, DeblendResult, DeblendStatus, status_text
 from galjax.deblend.laplace import LaplaceResult, laplace, laplace_flux_errors
 from galjax.deblend.objective import refit_amplitudes
 from galjax.deblend.photometry import debias_fluxes, fit_flux_bias, flux_bias, model_snr
@@ -39,6 +41,8 @@ from galjax.deblend.solve import deblend_field
 __all__ = [
     "DeblendConfig",
     "DeblendResult",
+    "DeblendStatus",
+    "status_text",
     "LaplaceResult",
     "deblend",
     "deblend_field",

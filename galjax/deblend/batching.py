@@ -18,9 +18,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galjax.core.checks import broadcast_as, check_image, check_positive, check_psf, mask_nonfinite
+from galjax.core.checks import check_image
 from galjax.core.chunks import chunk_starts, pad_chunk
-from galjax.deblend.config import DeblendConfig, DeblendResult, static_config, traced_settings
+from galjax.deblend.config import (
+    FAILED,
+    DeblendConfig,
+    DeblendResult,
+    DeblendStatus,
+    blank_failed,
+    static_config,
+    traced_settings,
+)
+from galjax.deblend.inputs import as_numeric, check_psfs, prepare_inputs
 from galjax.deblend.photometry import debias_fluxes
 from galjax.deblend.solve import deblend_chunk
 from galjax.image.transforms import crop_or_pad
@@ -30,76 +39,13 @@ from galjax.train.parallel import data_mesh, shard_batch
 __all__ = [
     "deblend",
     "pad_fields",
-    "check_psfs",
+    "to_caller_units",
     "slot_bucket",
     "chunk_slots",
     "take_slots",
     "put_slots",
     "SLOT_FILL",
 ]
-
-
-def check_psfs(psf, n: int, bands: int):
-    """One PSF ``(ph, pw, bands)`` for all fields or one per field ``(n, ph, pw, bands)``."""
-    arr = np.asarray(psf, np.float32)
-    if arr.ndim == 4:
-        if arr.shape[0] != n:
-            raise ValueError(f"psf: expected {n} per-field PSFs on axis 0, got shape {arr.shape}")
-        checked = [check_psf(f"psf[{i}]", p, bands=bands) for i, p in enumerate(arr)]
-        return np.stack([np.asarray(p) for p in checked])
-    return np.asarray(check_psf("psf", arr, bands=bands))
-
-
-def _prepare(model, fields, positions, mask, sigma, ivar, psf, max_sources):
-    """Boundary checks and conversion to ``(fields, positions, mask, ivar, psf)``."""
-    vcfg = model.vae_config
-    fields = np.asarray(check_image("fields", fields, bands=vcfg.bands, min_ndim=4))
-    if fields.ndim != 4:
-        raise ValueError(f"fields: expected (n_fields, h, w, bands), got shape {fields.shape}")
-    n, h, w, b = fields.shape
-    positions = np.asarray(positions, np.float32)
-    if positions.ndim == 2:
-        positions = positions[None]
-    if positions.ndim != 3 or positions.shape[0] != n or positions.shape[-1] != 2:
-        raise ValueError(
-            f"positions: expected (n_fields={n}, n_max, 2) (x, y) pixels, got {positions.shape}"
-        )
-    n_max = positions.shape[1]
-    if max_sources is not None and n_max > max_sources:
-        raise ValueError(f"positions: {n_max} sources per field exceed max_sources={max_sources}")
-    mask = np.ones((n, n_max), bool) if mask is None else np.asarray(mask, bool)
-    if mask.shape != (n, n_max):
-        raise ValueError(f"mask: expected shape {(n, n_max)}, got {mask.shape}")
-    if not np.all(np.isfinite(positions[mask])):
-        raise ValueError("positions: non-finite positions for unmasked sources")
-    px, py = positions[..., 0][mask], positions[..., 1][mask]
-    if np.any((px < -0.5) | (px > w - 0.5) | (py < -0.5) | (py > h - 0.5)):
-        raise ValueError(
-            f"positions: sources outside the field (x in [-0.5, {w - 0.5}], y in "
-            f"[-0.5, {h - 0.5}] required); got x in [{px.min():.1f}, {px.max():.1f}], "
-            f"y in [{py.min():.1f}, {py.max():.1f}]"
-        )
-    positions = np.where(mask[..., None], positions, (w - 1) / 2.0).astype(np.float32)
-    if (sigma is None) == (ivar is None):
-        raise ValueError("sigma/ivar: give exactly one of the noise std or inverse variance")
-    if sigma is not None:
-        sigma = np.asarray(broadcast_as("sigma", np.asarray(sigma, np.float32), fields.shape))
-        check_positive("sigma", sigma[np.isfinite(sigma)])
-        ivar = np.where(np.isfinite(sigma), 1.0 / np.where(np.isfinite(sigma), sigma, 1) ** 2, 0)
-    else:
-        ivar = np.asarray(broadcast_as("ivar", np.asarray(ivar, np.float32), fields.shape))
-        check_positive("ivar", ivar[np.isfinite(ivar)], allow_zero=True)
-        ivar = np.where(np.isfinite(ivar), ivar, 0.0)
-    clean, good = mask_nonfinite("fields", fields)
-    ivar = (np.asarray(ivar) * np.asarray(good)).astype(np.float32)
-    if vcfg.psf_explicit:
-        if psf is None:
-            raise ValueError("psf: this model draws galaxies before the PSF; give the field PSF")
-        psf = check_psfs(psf, n, b)
-    elif psf is not None:
-        warnings.warn("psf: ignored, the model's PSF is built in", stacklevel=3)
-        psf = None
-    return np.asarray(clean, np.float32), positions, mask, ivar, psf
 
 
 def pad_fields(images, ivars, positions, psfs=None):
@@ -116,7 +62,8 @@ def pad_fields(images, ivars, positions, psfs=None):
       images: sequence of ``(h_i, w_i, bands)`` fields.
       ivars: matching inverse-variance maps (0 = unusable pixel).
       positions: sequence of ``(n_i, 2)`` source positions ``(x, y)``.
-      psfs: optional sequence of ``(ph_i, pw_i, bands)`` PSFs with odd sizes.
+      psfs: optional sequence of ``(ph_i, pw_i, bands)`` PSFs: odd sizes, positive sums,
+        centred (:func:`~galjax.deblend.inputs.check_psfs`).
 
     Returns:
       ``(fields, ivar, positions, mask, psfs)``: ``(n, H, W, bands)`` float32 twice,
@@ -128,6 +75,8 @@ def pad_fields(images, ivars, positions, psfs=None):
     >>> f.shape, float(iv[0, 5, 0, 0]), m.tolist()
     ((2, 6, 5, 1), 0.0, [[True], [False]])
     """
+    if isinstance(images, str | bytes) or not hasattr(images, "__len__"):
+        raise TypeError(f"images: expected a sequence of fields, got {type(images).__name__}")
     images = [np.asarray(check_image(f"images[{i}]", a, min_ndim=3)) for i, a in enumerate(images)]
     if len(images) == 0:
         raise ValueError("images: expected at least one field")
@@ -136,6 +85,9 @@ def pad_fields(images, ivars, positions, psfs=None):
             f"ivars, positions: expected {len(images)} entries each (one per field), got "
             f"{len(ivars)} and {len(positions)}"
         )
+    if any(a.ndim != 3 for a in images):
+        shapes = [a.shape for a in images]
+        raise ValueError(f"images: expected (h, w, bands) fields, got shapes {shapes}")
     bands = {a.shape[-1] for a in images}
     if len(bands) != 1:
         raise ValueError(f"images: all fields need the same number of bands, got {sorted(bands)}")
@@ -148,10 +100,15 @@ def pad_fields(images, ivars, positions, psfs=None):
     pos = np.zeros((n, n_max, 2), np.float32)
     mask = np.zeros((n, n_max), bool)
     for i, (img, iv, p) in enumerate(zip(images, ivars, positions, strict=True)):
-        iv = np.asarray(iv, np.float32)
+        iv = np.asarray(as_numeric(f"ivars[{i}]", iv), np.float32)
         if iv.shape != img.shape:
             raise ValueError(f"ivars[{i}]: expected shape {img.shape}, got {iv.shape}")
-        p = np.asarray(p, np.float32).reshape(-1, 2)
+        if not np.all(np.isfinite(iv) & (iv >= 0)):
+            raise ValueError(f"ivars[{i}]: expected finite values >= 0 (0 for a masked pixel)")
+        p = np.asarray(as_numeric(f"positions[{i}]", p), np.float32)
+        if p.size and (p.ndim != 2 or p.shape[1] != 2):
+            raise ValueError(f"positions[{i}]: expected (n_i, 2) (x, y) pixels, got {p.shape}")
+        p = p.reshape(-1, 2)
         fields[i, : img.shape[0], : img.shape[1]] = img
         ivar[i, : img.shape[0], : img.shape[1]] = iv
         pos[i, : len(p)], mask[i, : len(p)] = p, True
@@ -159,9 +116,7 @@ def pad_fields(images, ivars, positions, psfs=None):
         return fields, ivar, pos, mask, None
     if len(psfs) != n:
         raise ValueError(f"psfs: expected {n} PSFs (one per field), got {len(psfs)}")
-    psfs = [np.asarray(check_psf(f"psfs[{i}]", q, bands=b)) for i, q in enumerate(psfs)]
-    if any(q.shape[0] % 2 == 0 or q.shape[1] % 2 == 0 for q in psfs):
-        raise ValueError("psfs: expected odd sizes, centred on a pixel")
+    psfs = [check_psfs(q, 1, b, name=f"psfs[{i}]") for i, q in enumerate(psfs)]
     ph, pw = max(q.shape[0] for q in psfs), max(q.shape[1] for q in psfs)
     out = np.stack([np.asarray(crop_or_pad(q, ph, pw)) for q in psfs])
     return fields, ivar, pos, mask, out
@@ -173,16 +128,30 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
             progress: bool = True, point=None) -> DeblendResult:  # fmt: skip
     """Deblend many fields with one compiled, vmapped MAP optimisation per chunk.
 
+    The inputs are checked and converted on the host (:mod:`~galjax.deblend.inputs`):
+    non-finite pixels and absurd ones (``|y| sqrt(w) > 1e8``) are masked with a
+    warning (status ``MASKED_PIXELS``), and each field and band is solved in noise
+    units, ``y' = s y`` and ``w' = w / s^2`` with ``s = ref_b / median(sigma)``
+    (``ref_b`` the model's survey sky sigma, else 1); the results come back in the
+    caller's units, so scaling fields and sigma together changes nothing but the
+    units of the results. A field without a usable pixel is not fitted (status
+    ``NO_DATA``); a field whose solve turned non-finite is flagged ``NONFINITE``;
+    both get NaN fluxes and chi^2 (:class:`~galjax.deblend.DeblendResult`), and one
+    ``RuntimeWarning`` counts them.
+
     Args:
       model: trained :class:`~galjax.models.GalaxyModel` (e.g. ``load_model(dir)``).
-      fields: ``(n_fields, h, w, bands)`` images (NaN pixels are masked with a warning).
+      fields: ``(n_fields, h, w, bands)`` images, ``n_fields >= 1``.
       positions: ``(n_fields, n_max, 2)`` source positions ``(x, y)``, 0-based
-        pixels, padded to a static ``n_max``.
-      mask: ``(n_fields, n_max)`` True for real sources (default all).
-      sigma: noise std, broadcastable to ``fields`` (per pixel or per band), or
-      ivar: inverse variance (0 = ignore the pixel). Exactly one is required.
+        pixels, padded to a static ``n_max`` (0: no sources; the residual is the field).
+      mask: ``(n_fields, n_max)`` True (or 1) for real sources (default all).
+      sigma: noise std, broadcastable to ``fields`` (per pixel or per band), > 0;
+        ``+inf`` marks a masked pixel; or
+      ivar: inverse variance, finite and >= 0 (0 = ignore the pixel). Exactly one is
+        required.
       psf: ``(ph, pw, bands)`` effective PSF shared by all fields, or
-        ``(n_fields, ph, pw, bands)`` one per field (explicit-PSF models only).
+        ``(n_fields, ph, pw, bands)`` one per field (explicit-PSF models only): odd
+        sizes, positive sum per band, centroid within 1 pixel of the central pixel.
       config: :class:`~galjax.deblend.DeblendConfig`; with ``debias`` (the default) the model's
         calibrated noise-bias table (``model.meta["flux_bias"]``) is divided out of
         each chunk's fluxes (:func:`~galjax.deblend.debias_fluxes`).
@@ -203,7 +172,8 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
         run. None: all sources are galaxies.
 
     Returns:
-      :class:`DeblendResult` of numpy arrays with leading axis ``n_fields``.
+      :class:`DeblendResult` of numpy arrays with leading axis ``n_fields``; its
+      ``status`` holds each field's :class:`~galjax.deblend.DeblendStatus` flags.
 
     >>> import jax, numpy as np
     >>> from galjax.models import GalaxyModel, VAEConfig, init_vae
@@ -216,16 +186,24 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
     ...               config=DeblendConfig(n_steps=5, prior_weight=0.0, prior_weight_faint=None))
     >>> res.fluxes.shape  # (n_fields, n_max, bands)
     (1, 2, 1)
+    >>> from galjax.deblend import status_text
+    >>> status_text(res.status[0])  # 5 steps: the stopping rule has not fired
+    'not_converged'
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(config, DeblendConfig):
+        raise TypeError(f"config: expected a DeblendConfig, got {type(config).__name__}")
     if model.flow_params is None and config.prior_weight > 0:
         warnings.warn("model has no flow prior: maximum-likelihood fit", stacklevel=2)
-    fields, positions, mask, ivar, psf = _prepare(
-        model, fields, positions, mask, sigma, ivar, psf, max_sources
-    )
+    inp = prepare_inputs(model, fields, positions, mask, sigma, ivar, psf, max_sources)
+    fields, positions, mask, ivar, psf = inp.fields, inp.positions, inp.mask, inp.ivar, inp.psf
     point = _check_point(model, point, mask)
     n = fields.shape[0]
+    n_slots = mask.shape[1]
+    if n_slots == 0:  # no source slots: solved on one empty slot, dropped again below
+        positions = np.full((n, 1, 2), (fields.shape[2] - 1) / 2.0, np.float32)
+        mask = np.zeros((n, 1), bool)
     cpu = jax.default_backend() == "cpu"
     # Several CPU devices in one process: one worker thread per device, each solving
     # whole chunks (multi-host runs shard every chunk over the global mesh instead).
@@ -273,9 +251,14 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
             batch = [*batch, psf_arr if device is None else jax.device_put(psf_arr, device)]
         res = deblend_chunk(solver, *batch, static, group, hyper, point_c)
         res = jax.tree.map(lambda a, m=m: np.asarray(a)[:m], res)
-        res = _restore_slots(res, slots, mask[sl])
-        if bias is not None:
+        if bias is not None:  # in noise units: the SNRs stay finite in float32
             res = jax.tree.map(np.asarray, debias_fluxes(res, ivar[sl], bias))
+        res = to_caller_units(res, inp.scale[sl], inp.clean[sl])
+        res = _restore_slots(res, slots, mask[sl])
+        masked = np.where(inp.masked[sl], np.int32(DeblendStatus.MASKED_PIXELS), np.int32(0))
+        res = res._replace(status=(res.status | masked).astype(np.int32))
+        if n_slots == 0:
+            res = res._replace(**{k: getattr(res, k)[:, :0] for k in (*SLOT_FILL, "mask")})
         with report:
             if on_chunk is not None:
                 on_chunk(start, res)
@@ -289,7 +272,55 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
             outs = [solve(start, solver) for start in starts]
     finally:
         bar.close()
-    return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+    out = jax.tree.map(lambda *a: np.concatenate(a), *outs)
+    _warn_failed(out.status)
+    return out
+
+
+def to_caller_units(res: DeblendResult, scale, clean) -> DeblendResult:
+    """A result solved in noise units (``s y``, :mod:`~galjax.deblend.inputs`) back in
+    the caller's: models, fluxes, residual and the real sources' amplitudes divided by
+    ``s``; failed fields blanked with ``residual = clean`` (numpy).
+
+    Args:
+      res: :class:`DeblendResult` of ``m`` fields (numpy).
+      scale: ``(m, bands)`` float64 ``s``.
+      clean: ``(m, h, w, bands)`` the cleaned fields in the caller's units.
+    """
+    inv = 1.0 / np.asarray(scale, np.float64)
+    dt = res.fluxes.dtype
+
+    def back(a, inv):
+        return (np.asarray(a, np.float64) * inv).astype(dt)
+
+    real = np.asarray(res.mask)[..., None]
+    out = res._replace(
+        models=back(res.models, inv[:, None, None, None, :]),
+        fluxes=back(res.fluxes, inv[:, None, :]),
+        residual=back(res.residual, inv[:, None, None, :]),
+        amplitudes=np.where(real, back(res.amplitudes, inv[:, None, :]), res.amplitudes),
+    )
+    return jax.tree.map(np.asarray, blank_failed(out, clean))
+
+
+def _warn_failed(status) -> None:
+    """One RuntimeWarning counting the fields flagged NO_DATA or NONFINITE."""
+    status = np.asarray(status)
+    failed = int(np.sum((status & int(FAILED)) != 0))
+    if not failed:
+        return
+    why = {
+        DeblendStatus.NO_DATA: "no_data (no usable pixel)",
+        DeblendStatus.NONFINITE: "nonfinite (non-finite objective, parameters or outputs)",
+    }
+    counts = {t: int(np.sum((status & int(f)) != 0)) for f, t in why.items()}
+    counts = ", ".join(f"{c} {t}" for t, c in counts.items() if c)
+    warnings.warn(
+        f"fields: {failed} of {status.size} field(s) flagged and not fitted, their fluxes and "
+        f"chi2 NaN (DeblendResult.status): {counts}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _check_point(model: GalaxyModel, point, mask):

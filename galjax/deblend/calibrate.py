@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from galjax.deblend.batching import deblend
-from galjax.deblend.config import DeblendConfig
+from galjax.deblend.config import FAILED, DeblendConfig
 from galjax.deblend.laplace import laplace_flux_errors
 from galjax.deblend.photometry import debias_fluxes, fit_flux_bias, model_snr
 from galjax.models.store import GalaxyModel
@@ -116,7 +116,8 @@ def calibrate_flux_errors(key, model: GalaxyModel, survey: Survey, n_fields: int
     res = deblend(model, truth.image, truth.positions, truth.mask, sigma=sigma, psf=psf,
                   config=cfg, progress=progress)  # fmt: skip
     true_flux = truth.sources.sum(axis=(2, 3))
-    real = truth.mask & (true_flux[..., 0] > 0)
+    fitted = (np.asarray(res.status) & int(FAILED)) == 0  # flagged fields: NaN fluxes
+    real = truth.mask & (true_flux[..., 0] > 0) & fitted[:, None]
     snr = np.asarray(model_snr(res.models, ivar))
     dflux = (res.fluxes - true_flux)[real] / true_flux[real]
     try:
@@ -127,7 +128,7 @@ def calibrate_flux_errors(key, model: GalaxyModel, survey: Survey, n_fields: int
     if table is not None:
         res = jax.tree.map(np.asarray, debias_fluxes(res, ivar, table))
     err = laplace_flux_errors(model, res, truth.positions, ivar, psf, model_error=0.0)
-    sel = truth.mask & (truth.snr >= snr_min)
+    sel = truth.mask & (truth.snr >= snr_min) & fitted[:, None]
     flux, err, tf = np.asarray(res.fluxes)[sel], err[sel], true_flux[sel]
     if flux.size == 0:
         raise ValueError(f"n_fields: no galaxy with SNR >= {snr_min} in {n_fields} fields")

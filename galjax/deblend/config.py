@@ -9,6 +9,9 @@ tolerance or a prior weight does not recompile.
 from __future__ import annotations
 
 import dataclasses
+import enum
+import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -17,10 +20,54 @@ import jax.numpy as jnp
 __all__ = [
     "DeblendConfig",
     "DeblendResult",
+    "DeblendStatus",
+    "status_text",
+    "FAILED",
+    "blank_failed",
     "DeblendHyper",
     "traced_settings",
     "static_config",
 ]
+
+
+class DeblendStatus(enum.IntFlag):
+    """Bit flags of :attr:`DeblendResult.status`, one set per field.
+
+    Attributes:
+      OK: 0, nothing to report.
+      NOT_CONVERGED: 1, the stopping rule did not fire within ``n_steps``.
+      NONFINITE: 2, the objective or the parameters became non-finite during the
+        solve, or an output was non-finite: the field's numbers are not reported
+        (:func:`blank_failed`).
+      NO_DATA: 4, the field had no usable pixel (every weight 0 after masking): not
+        fitted, its numbers not reported.
+      MASKED_PIXELS: 8, some pixels were masked as non-finite or absurd
+        (``|y| sqrt(w) > 1e8``); informational.
+
+    >>> DeblendStatus(9)
+    <DeblendStatus.NOT_CONVERGED|MASKED_PIXELS: 9>
+    """
+
+    OK = 0
+    NOT_CONVERGED = 1
+    NONFINITE = 2
+    NO_DATA = 4
+    MASKED_PIXELS = 8
+
+
+#: The flags of a field whose numbers are not reported (NaN fluxes and chi^2).
+FAILED = DeblendStatus.NONFINITE | DeblendStatus.NO_DATA
+
+
+def status_text(code: int) -> str:
+    """A status code as text: ``"ok"`` or the names of its flags, lower case, joined by ``|``.
+
+    >>> status_text(0), status_text(DeblendStatus.NOT_CONVERGED | DeblendStatus.MASKED_PIXELS)
+    ('ok', 'not_converged|masked_pixels')
+    """
+    code = int(code)
+    names = [f.name.lower() for f in DeblendStatus if f.value and code & f.value]
+    return "|".join(names) or "ok"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +148,28 @@ class DeblendConfig:
     debias: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "faint_snr", tuple(float(v) for v in self.faint_snr))
-        sizes = (self.chunk, self.group)
-        if self.n_steps < 1 or any(v is not None and v < 1 for v in sizes) or self.patience < 1:
-            raise ValueError("n_steps, chunk, group and patience must be >= 1")
-        if not 0 < self.faint_snr[0] < self.faint_snr[1]:
-            raise ValueError(f"faint_snr: expected 0 < low < high, got {self.faint_snr}")
-        if self.learning_rate <= 0 or not 0 < self.decay <= 1:
-            raise ValueError("learning_rate must be > 0 and decay in (0, 1]")
+        for name in ("n_steps", "patience", "chunk", "group"):
+            v = getattr(self, name)
+            if v is None and name in ("chunk", "group"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{name}: expected an integer, got {v!r}")
+            if v < 1:
+                raise ValueError(f"{name}: must be >= 1, got {v}")
+        try:
+            snr = tuple(float(v) for v in self.faint_snr)
+        except (TypeError, ValueError) as err:
+            msg = f"faint_snr: expected two numbers (low, high), got {self.faint_snr!r}"
+            raise TypeError(msg) from err
+        object.__setattr__(self, "faint_snr", snr)
+        if len(snr) != 2 or not all(map(math.isfinite, snr)) or not 0 < snr[0] < snr[1]:
+            raise ValueError(f"faint_snr: expected finite 0 < low < high, got {self.faint_snr}")
+        _check_float("learning_rate", self.learning_rate, "> 0", lambda v: v > 0)
+        _check_float("decay", self.decay, "in (0, 1]", lambda v: 0 < v <= 1)
+        _check_float("tol", self.tol, ">= 0", lambda v: v >= 0)
+        _check_float("prior_weight", self.prior_weight, ">= 0", lambda v: v >= 0)
+        if self.prior_weight_faint is not None:
+            _check_float("prior_weight_faint", self.prior_weight_faint, ">= 0", lambda v: v >= 0)
 
     def to_dict(self) -> dict:
         """The settings as a plain dict (JSON-ready)."""
@@ -118,6 +179,14 @@ class DeblendConfig:
     def from_dict(cls, d: dict) -> DeblendConfig:
         """Inverse of :meth:`to_dict`."""
         return cls(**d)
+
+
+def _check_float(name: str, v, want: str, ok) -> None:
+    """Refuse a setting that is not a finite real number satisfying ``ok``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a finite number {want}, got {v!r}")
+    if not math.isfinite(v) or not ok(v):
+        raise ValueError(f"{name}: expected a finite number {want}, got {v}")
 
 
 class DeblendResult(NamedTuple):
@@ -145,6 +214,10 @@ class DeblendResult(NamedTuple):
         uses the same weights (0 for point sources and masked slots).
       point: ``(n, n_max)`` True for the sources modelled as point sources; their
         ``latents`` hold the log fluxes and offsets of :func:`~galjax.deblend.point_stamps`.
+      status: ``(n,)`` int32 bit flags of :class:`DeblendStatus` (``status_text`` reads
+        them). A field flagged ``NONFINITE`` or ``NO_DATA`` has NaN ``fluxes`` and
+        ``chi2``, zero ``models`` and ``latents``, unit ``amplitudes``, ``converged``
+        False and ``residual`` equal to the (cleaned) field.
     """
 
     models: jax.Array
@@ -159,6 +232,39 @@ class DeblendResult(NamedTuple):
     amplitudes: jax.Array
     prior_weights: jax.Array
     point: jax.Array
+    status: jax.Array
+
+
+def blank_failed(result: DeblendResult, field=None) -> DeblendResult:
+    """The outputs of fields flagged ``NONFINITE`` or ``NO_DATA`` (:data:`FAILED`) replaced.
+
+    Such a field gets NaN ``fluxes`` and ``chi2``, zero ``models`` and ``latents``, unit
+    ``amplitudes``, ``converged`` False and ``residual = field``; the others are
+    unchanged. Pure (jnp); one field or many (leading axes of ``result.status``).
+
+    Args:
+      result: :class:`DeblendResult`.
+      field: ``(..., h, w, bands)`` the fields; None: ``residual + sum(models)``.
+    """
+    bad = (jnp.asarray(result.status) & int(FAILED)) != 0
+
+    def put(a, value):
+        a = jnp.asarray(a)
+        b = bad.reshape(bad.shape + (1,) * (a.ndim - bad.ndim))
+        return jnp.where(b, jnp.asarray(value, a.dtype), a)
+
+    if field is None:
+        field = jnp.asarray(result.residual) + jnp.sum(jnp.asarray(result.models), axis=-4)
+    dt = jnp.asarray(result.residual).dtype
+    return result._replace(
+        models=put(result.models, 0.0),
+        latents=put(result.latents, 0.0),
+        fluxes=put(result.fluxes, jnp.nan),
+        residual=jnp.where(bad[..., None, None, None], jnp.asarray(field, dt), result.residual),
+        chi2=put(result.chi2, jnp.nan),
+        converged=put(result.converged, False),
+        amplitudes=put(result.amplitudes, 1.0),
+    )
 
 
 class DeblendHyper(NamedTuple):

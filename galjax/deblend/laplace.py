@@ -4,6 +4,13 @@ The posterior over a field's latents (and, with the flux refit, each source's fl
 per band) is approximated by a Gaussian whose precision is the Gauss-Newton Hessian
 of the objective (:func:`laplace`), giving flux uncertainties and posterior samples
 of each source's image; :func:`laplace_flux_errors` runs it over many fields.
+
+The Gauss-Newton Hessian is singular or nearly so when the data leave a direction
+free (two sources on top of each other share their light; a very bright source
+makes the flux block dwarf the latent ridge), and a plain float32 inverse then
+gives NaN or negative variances. It is inverted after a Jacobi scaling with an
+eigenvalue floor (:func:`regularised_inverse`), which leaves a well-conditioned
+``H^-1`` unchanged and bounds the variance along the free directions.
 """
 
 from __future__ import annotations
@@ -16,15 +23,60 @@ import jax.numpy as jnp
 import numpy as np
 
 from galjax.core.chunks import chunked_map
-from galjax.deblend.batching import SLOT_FILL, check_psfs, chunk_slots, put_slots, take_slots
-from galjax.deblend.config import DeblendResult
+from galjax.deblend.batching import SLOT_FILL, chunk_slots, put_slots, take_slots
+from galjax.deblend.config import FAILED, DeblendResult
+from galjax.deblend.inputs import as_numeric, check_psfs, noise_scales, reference_sigma
 from galjax.deblend.render import render_sources
 from galjax.models.flow import log_prior
 from galjax.models.store import GalaxyModel
 
-__all__ = ["LaplaceResult", "laplace", "laplace_flux_errors"]
+__all__ = ["LaplaceResult", "laplace", "laplace_flux_errors", "regularised_inverse", "EIG_FLOOR"]
 
 _LAPLACE_RIDGE = 1e-2  # on the latents, whose prior is ~N(0, 1)
+
+#: Smallest eigenvalue of the Jacobi-scaled Hessian kept, relative to its largest
+#: (:func:`regularised_inverse`): float32 eigenvalues below ~1e-6 of the largest are
+#: rounding noise.
+EIG_FLOOR = 1e-5
+
+
+def regularised_inverse(hess, floor: float = EIG_FLOOR):
+    """Inverse of a symmetric positive semi-definite ``(P, P)`` matrix, regularised.
+
+    With ``D = diag(H)`` (Jacobi scaling) and the eigendecomposition of the scaled
+    matrix ``A = D^-1/2 H D^-1/2 = V diag(lambda) V^T`` (unit diagonal, so its
+    eigenvalues are comparable whatever the parameters' units),
+
+        H^+ = D^-1/2 V diag(1 / max(lambda, floor * max(lambda))) V^T D^-1/2.
+
+    When every ``lambda >= floor * max(lambda)`` this is ``H^-1``; a direction the
+    matrix does not constrain (two coincident sources' flux difference) gets the
+    floor's large but finite variance instead of NaN. Also returns the factor
+    ``B = D^-1/2 V diag(max(lambda, ...)^-1/2)`` with ``B B^T = H^+`` (for samples).
+
+    >>> import jax.numpy as jnp
+    >>> cov, _ = regularised_inverse(jnp.array([[4.0, 0.0], [0.0, 1e-4]]))
+    >>> [round(float(v), 4) for v in jnp.diagonal(cov)]
+    [0.25, 10000.0]
+    >>> cov, _ = regularised_inverse(jnp.array([[1.0, 1.0], [1.0, 1.0]]))  # singular
+    >>> bool(jnp.all(jnp.isfinite(cov))) and float(cov[0, 0]) > 1e3
+    True
+
+    Args:
+      hess: ``(P, P)`` symmetric matrix with a positive diagonal.
+      floor: relative eigenvalue floor; default :data:`EIG_FLOOR`.
+
+    Returns:
+      ``(H^+, B)``, both ``(P, P)``.
+    """
+    d = jnp.diagonal(hess)
+    tiny = jnp.finfo(hess.dtype).tiny
+    scale = 1.0 / jnp.sqrt(jnp.maximum(d, tiny))
+    a = hess * scale[:, None] * scale[None, :]
+    evals, evecs = jnp.linalg.eigh(0.5 * (a + a.T))
+    evals = jnp.maximum(evals, floor * jnp.max(evals))
+    factor = scale[:, None] * evecs / jnp.sqrt(evals)[None, :]
+    return factor @ factor.T, factor
 
 
 class LaplaceResult(NamedTuple):
@@ -64,7 +116,9 @@ def laplace(key, model: GalaxyModel, field_result: DeblendResult, positions, iva
     ``J = d(sum_i source_i) / d(Z, F)``, plus each source's prior weight ``lambda_i``
     (the MAP's) times the Hessian of ``-log p(z_i)`` from the flow with its negative
     eigenvalues set to zero (so ``H`` stays positive definite), and a small ridge;
-    ``cov = H^-1``. Flux errors are the linearised ``sqrt(g^T cov g)`` (with free
+    ``cov = H^+``, the inverse with a relative eigenvalue floor after a Jacobi
+    scaling (:func:`regularised_inverse`), finite for bright and coincident sources.
+    Flux errors are the linearised ``sqrt(g^T cov g)`` (with free
     fluxes just ``sqrt(cov_FF)``) with a fractional model error added in quadrature,
 
         flux_err^2 = g^T cov g + (model_error * flux)^2,
@@ -184,8 +238,7 @@ def _laplace(key, model: GalaxyModel, field_result, positions, ivar, psf, prior_
         diag = jnp.concatenate([diag, (jnp.repeat(~mask, bands) | empty).astype(hess.dtype)])
     hess = hess + jnp.diag(diag)
     hess = 0.5 * (hess + hess.T)
-    cov = jnp.linalg.inv(hess)
-    cov = 0.5 * (cov + cov.T)
+    cov, factor = regularised_inverse(hess)
     # flux_ib depends on source i's own parameters only: var_ib = g^T cov_ii g.
     g_own = jnp.sum(jac_i, axis=(1, 2))  # (n_max, b, q): d flux_ib / d theta_i
     cov_own = cov[own[:, :, None], own[:, None, :]]  # (n_max, q, q)
@@ -194,11 +247,22 @@ def _laplace(key, model: GalaxyModel, field_result, positions, ivar, psf, prior_
     flux_err = jnp.sqrt(var) * mask.astype(var.dtype)[:, None]
     if n_samples == 0:
         return LaplaceResult(cov, flux_err, None, None)
-    chol = jnp.linalg.cholesky(cov + 1e-9 * jnp.eye(cov.shape[0], dtype=cov.dtype))
     eps = jax.random.normal(key, (n_samples, theta.size), theta.dtype)
-    thetas = theta[None] + eps @ chol.T
+    thetas = theta[None] + eps @ factor.T  # cov = factor factor^T
     samples = jax.vmap(sources)(thetas)
     return LaplaceResult(cov, flux_err, samples, jnp.sum(samples, axis=(2, 3)))
+
+
+@functools.partial(jax.jit, static_argnames=("free_amplitudes", "per_field"))
+def _flux_errors(model, result, positions, ivar, psf, model_error, *, free_amplitudes, per_field):
+    """:func:`laplace`'s ``flux_err`` over a chunk of fields (vmapped, compiled once per
+    model structure, shapes and flags)."""
+
+    def one(r, p, iv, ps):
+        return _laplace(jax.random.key(0), model, r, p, iv, ps, None, model_error, n_samples=0,
+                        free_amplitudes=free_amplitudes).flux_err  # fmt: skip
+
+    return jax.vmap(one, in_axes=(0, 0, 0, 0 if per_field else None))(result, positions, ivar, psf)
 
 
 def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, ivar, psf=None,
@@ -225,32 +289,60 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
         weights the MAP used, ``result.prior_weights``).
 
     Returns:
-      ``(n, n_max, bands)`` numpy 1-sigma flux errors. Source slots that no field
-      uses are dropped first (real sources moved to the front, as in
-      :func:`~galjax.deblend.deblend`); padded slots get a zero error.
+      ``(n, n_max, bands)`` numpy 1-sigma flux errors, in the units of the fluxes.
+      Source slots that no field uses are dropped first (real sources moved to the
+      front, as in :func:`~galjax.deblend.deblend`); padded slots get a zero error,
+      fields flagged ``NONFINITE`` or ``NO_DATA`` (``result.status``) NaN. The
+      computation runs in noise units, as :func:`~galjax.deblend.deblend`'s solve
+      (:mod:`~galjax.deblend.inputs`: ``s = ref_b / median(sigma)`` per field and band
+      from ``ivar`` in float64; fluxes and models times ``s``, ``ivar / s^2``, errors
+      divided by ``s``), so it does not overflow float32 for any data units.
     """
     if model_error is None:
         model_error = float((model.meta or {}).get("flux_model_error", 0.0))
-    if not np.isfinite(model_error) or model_error < 0:
+    if isinstance(model_error, bool) or not np.isfinite(model_error) or model_error < 0:
         raise ValueError(f"model_error: expected a finite value >= 0, got {model_error}")
+    if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 1:
+        raise ValueError(f"chunk: expected an integer >= 1, got {chunk}")
+    result = jax.tree.map(np.asarray, result)
     n, n_max = result.mask.shape
+    bands = result.models.shape[-1]
+    field_shape = result.residual.shape
+    ivar = as_numeric("ivar", ivar)
+    if ivar.shape != field_shape:
+        raise ValueError(f"ivar: expected shape {field_shape} (like the fields), got {ivar.shape}")
+    ivar = np.asarray(ivar, np.float64)
+    if not np.all(np.isfinite(ivar) & (ivar >= 0)):
+        raise ValueError("ivar: expected finite values >= 0 (0 for a masked pixel)")
+    positions = np.asarray(as_numeric("positions", positions), np.float32)
+    if positions.shape != (n, n_max, 2):
+        raise ValueError(f"positions: expected shape {(n, n_max, 2)}, got {positions.shape}")
+    if n_max == 0:
+        return np.zeros((n, 0, bands), result.fluxes.dtype)
     per_field = psf is not None and np.ndim(psf) == 4
     if psf is not None:
-        psf = jnp.asarray(check_psfs(psf, n, result.models.shape[-1]))
-
+        psf = jnp.asarray(check_psfs(psf, n, bands))
     if prior_weight is not None:
         w = np.broadcast_to(np.asarray(prior_weight, np.float32), result.mask.shape)
         result = result._replace(prior_weights=np.where(result.mask, w, 0.0))
-    result = jax.tree.map(np.asarray, result)
-    positions, ivar = np.asarray(positions), np.asarray(ivar)
+    failed = (np.asarray(result.status) & int(FAILED)) != 0
+    # Noise units: s per field and band (float64), as in deblend().
+    s = noise_scales(ivar, reference_sigma(model, bands))
+    dt = result.fluxes.dtype
 
-    def one(r, p, iv, ps):
-        lp = laplace(jax.random.key(0), model, r, p, iv, ps, n_samples=0,
-                     free_amplitudes=free_amplitudes, model_error=model_error)  # fmt: skip
-        return lp.flux_err
+    def scaled(a, shape):
+        return np.nan_to_num(np.asarray(a, np.float64) * s.reshape(shape)).astype(dt)
 
-    chunk = max(1, min(chunk, n))
-    fn = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0 if per_field else None)))
+    result = result._replace(
+        models=scaled(result.models, (n, 1, 1, 1, bands)),
+        fluxes=scaled(result.fluxes, (n, 1, bands)),
+        residual=scaled(result.residual, (n, 1, 1, bands)),
+        amplitudes=scaled(result.amplitudes, (n, 1, bands)),
+    )
+    ivar = (ivar / (s**2)[:, None, None, :]).astype(np.float32)
+
+    chunk = max(1, min(int(chunk), n))
+    solver = model.replace(init_params=None, meta=None)  # as in laplace()
     per_source = (*SLOT_FILL, "mask")  # the result's per-source fields
     # Slots no field uses are dropped (all fields share one compiled shape: a compile
     # costs more than the slots it would save chunk by chunk).
@@ -260,7 +352,11 @@ def laplace_flux_errors(model: GalaxyModel, result: DeblendResult, positions, iv
 
     def run(idx):  # the fields idx (the last chunk padded to one compiled shape)
         sub = jax.tree.map(lambda a: a[idx], result)
-        return fn(sub, positions[idx], ivar[idx], psf[idx] if per_field else psf)
+        ps = psf[idx] if per_field else psf
+        return _flux_errors(solver, sub, positions[idx], ivar[idx], ps, model_error,
+                            free_amplitudes=bool(free_amplitudes), per_field=per_field)  # fmt: skip
 
-    out = chunked_map(run, np.arange(n), chunk_size=chunk)
-    return put_slots(np.asarray(out, result.fluxes.dtype), slots, n_max)
+    out = np.asarray(chunked_map(run, np.arange(n), chunk_size=chunk), np.float64)
+    out = put_slots(out / s[:, None, :], slots, n_max)
+    out[failed] = np.nan
+    return out.astype(dt)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from galjax.deblend.config import DeblendResult
+from galjax.deblend.config import DeblendResult, blank_failed
 from galjax.scores.metrics import chi2_per_pixel
 
 __all__ = ["model_snr", "flux_bias", "fit_flux_bias", "debias_fluxes"]
@@ -103,8 +103,11 @@ def debias_fluxes(result: DeblendResult, ivar, table, max_factor: float = 2.0) -
 
     ``s`` is the model's measured SNR (:func:`model_snr`); the factor is clipped to
     ``[1 / max_factor, max_factor]``. Point sources are left as they are. Models,
-    fluxes, amplitudes, the residual and chi^2 are updated. Works on one field or many
-    (leading axes of ``result``).
+    fluxes, amplitudes, the residual and chi^2 are updated; fields flagged
+    ``NONFINITE`` or ``NO_DATA`` keep their NaN fluxes and chi^2. ``s`` is invariant
+    when the models and ``ivar^(-1/2)`` are scaled together, but ``m^2 w`` must stay
+    inside float32: :func:`~galjax.deblend.deblend` applies it in noise units. Works on
+    one field or many (leading axes of ``result``).
 
     Args:
       result: :class:`DeblendResult`.
@@ -125,10 +128,11 @@ def debias_fluxes(result: DeblendResult, ivar, table, max_factor: float = 2.0) -
     models = models * factor[..., None, None, :]
     field = jnp.asarray(result.residual) + jnp.sum(jnp.asarray(result.models), axis=-4)
     resid = field - jnp.sum(models, axis=-4)
-    return result._replace(
+    out = result._replace(
         models=models,
         fluxes=jnp.sum(models, axis=(-3, -2)),
         amplitudes=jnp.asarray(result.amplitudes) * factor,
         residual=resid,
         chi2=chi2_per_pixel(resid, ivar=ivar),
     )
+    return blank_failed(out, field)

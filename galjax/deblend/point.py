@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galjax.deblend.config import DeblendResult
+from galjax.deblend.config import FAILED, DeblendResult
+from galjax.deblend.inputs import noise_scales
 from galjax.deblend.render import POINT_STEP, place_stamps, point_stamps
 
 __all__ = ["point_latents", "point_source_test", "point_source_tests"]
@@ -112,10 +113,30 @@ def point_source_tests(result: DeblendResult, ivar, psf, positions, max_offset: 
       max_offset, n_grid: as for :func:`point_source_test`.
 
     Returns:
-      ``dchi2 (n, n_max)`` numpy; ``point=dchi2 > 0`` flags the point sources.
+      ``dchi2 (n, n_max)`` numpy; ``point=dchi2 > 0`` flags the point sources. NaN
+      for fields flagged ``NONFINITE`` or ``NO_DATA`` (``result.status``). Computed in
+      noise units (``s = 1 / median(sigma)`` per field and band, float64 on the host:
+      residual and models times ``s``, ``ivar / s^2``), which leave ``dchi2`` unchanged
+      and keep ``w m^2`` inside float32 for any data units.
     """
     psf = jnp.asarray(psf)
+    result = jax.tree.map(np.asarray, result)
+    ivar = np.asarray(ivar, np.float64)
+    s = noise_scales(ivar, np.ones(ivar.shape[-1]))  # (n, bands)
+    dt = result.residual.dtype
+
+    def scaled(a, shape):
+        return np.nan_to_num(np.asarray(a, np.float64) * s.reshape(shape)).astype(dt)
+
+    n, bands = s.shape
+    result = result._replace(
+        models=scaled(result.models, (n, 1, 1, 1, bands)),
+        residual=scaled(result.residual, (n, 1, 1, bands)),
+    )
+    ivar = (ivar / (s**2)[:, None, None, :]).astype(dt)
     test = functools.partial(point_source_test, max_offset=max_offset, n_grid=n_grid)
     fn = jax.jit(jax.vmap(test, in_axes=(0, 0, 0 if psf.ndim == 4 else None, 0)))
-    return np.asarray(fn(jax.tree.map(jnp.asarray, result), jnp.asarray(ivar), psf,
-                         jnp.asarray(positions)))  # fmt: skip
+    out = np.asarray(fn(jax.tree.map(jnp.asarray, result), jnp.asarray(ivar), psf,
+                        jnp.asarray(positions)))  # fmt: skip
+    failed = (np.asarray(result.status) & int(FAILED)) != 0
+    return np.where(failed[:, None], np.nan, out)

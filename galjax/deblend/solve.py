@@ -4,7 +4,12 @@ compiled call (:func:`deblend_chunk`).
 Each field starts from the encoder's latents, is optimised by optax Adam with the
 stopping rule of :class:`~galjax.deblend.DeblendConfig` (the loop is
 :func:`galjax.core.optim.minimise`; under ``vmap`` a converged field is frozen
-while the others go on), then gets the linear flux refit.
+while the others go on), then gets the linear flux refit. Each field's
+:class:`~galjax.deblend.DeblendStatus` is set here: ``NO_DATA`` (no pixel with
+``w > 0``: not fitted, its objective held at 0 so that it stops after ``patience``
+steps), ``NONFINITE`` (the objective, the parameters or an output became
+non-finite) or ``NOT_CONVERGED``; the outputs of the first two are blanked
+(:func:`~galjax.deblend.config.blank_failed`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ import jax.numpy as jnp
 import optax
 
 from galjax.core.optim import minimise
-from galjax.deblend.config import DeblendConfig, DeblendHyper, DeblendResult, traced_settings
+from galjax.deblend.config import (
+    DeblendConfig,
+    DeblendHyper,
+    DeblendResult,
+    DeblendStatus,
+    blank_failed,
+    traced_settings,
+)
 from galjax.deblend.objective import objective, prior_weights, refit_amplitudes
 from galjax.deblend.point import point_latents
 from galjax.deblend.render import render_sources
@@ -50,7 +62,9 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
         prior; explicit-PSF models only. None: none.
 
     Returns:
-      :class:`~galjax.deblend.DeblendResult` without the leading field axis.
+      :class:`~galjax.deblend.DeblendResult` without the leading field axis; its
+      ``status`` has ``NO_DATA``, ``NONFINITE`` or ``NOT_CONVERGED`` set (module
+      docstring), never ``MASKED_PIXELS`` (:func:`~galjax.deblend.deblend` adds it).
     """
     cfg = config
     hp = traced_settings(cfg, field.dtype) if hyper is None else hyper
@@ -67,8 +81,12 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
                        z0)  # fmt: skip
         weights = jnp.where(point, 0.0, weights)
 
+    has_data = jnp.any(ivar > 0)
+
     def loss(z):
-        return objective(z, model, field, positions, mask, ivar, psf, cfg, weights, point)
+        # A field without data is not fitted: a constant objective stops it at once.
+        value = objective(z, model, field, positions, mask, ivar, psf, cfg, weights, point)
+        return jnp.where(has_data, value, 0.0)
 
     # lr_t = learning_rate * decay^(t / n_steps) (optax.exponential_decay, with traced values)
     tx = optax.adam(lambda t: hp.learning_rate * hp.decay ** (t / cfg.n_steps))
@@ -80,7 +98,7 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
         amp = refit_amplitudes(models, field, ivar, mask)
         models = models * amp[:, None, None, :]
     resid = field - jnp.sum(models, axis=0)
-    return DeblendResult(
+    res = DeblendResult(
         models=models,
         latents=z,
         fluxes=jnp.sum(models, axis=(1, 2)),
@@ -93,7 +111,18 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
         amplitudes=amp,
         prior_weights=jnp.where(mask, weights, 0.0),
         point=jnp.zeros_like(mask) if point is None else mask & point,
+        status=jnp.zeros((), jnp.int32),
     )
+    outputs = (res.models, res.latents, res.fluxes, res.residual, res.chi2, res.amplitudes)
+    finite = info.finite & jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in outputs]))
+    flag = lambda c, f: jnp.where(c, jnp.int32(f), jnp.int32(0))  # noqa: E731
+    status = jnp.where(
+        has_data,
+        flag(~finite, DeblendStatus.NONFINITE)
+        | flag(finite & ~info.converged, DeblendStatus.NOT_CONVERGED),
+        jnp.int32(DeblendStatus.NO_DATA),
+    )
+    return blank_failed(res._replace(status=status), field)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "group"))

@@ -171,6 +171,8 @@ def load_mask_model(directory=None):
 
     Raises:
       FileNotFoundError: no weights there (train them with ``scripts/train_mask_weights.py``).
+      ValueError: ``model.json`` unreadable, of another format, without a valid ``model``
+        entry; corrupt weights, or weights whose shapes disagree with ``model.json``.
     """
     d = default_mask_dir() if directory is None else Path(directory)
     if not (d / _WEIGHTS_NAME).is_file() or not (d / _CONFIG_NAME).is_file():
@@ -178,11 +180,36 @@ def load_mask_model(directory=None):
             f"directory: no mask model ({_WEIGHTS_NAME} + {_CONFIG_NAME}) in {str(d)!r}; train one "
             "with scripts/train_mask_weights.py"
         )
-    cfg = json.loads((d / _CONFIG_NAME).read_text())
-    if cfg.get("format") != MASK_FORMAT:
-        raise ValueError(f"directory: mask model format {cfg.get('format')} != {MASK_FORMAT}")
-    m = cfg["model"]
-    model = MaskNet(int(m["n_classes"]), int(m["features"]), tuple(int(x) for x in m["dilations"]))
-    target = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
-    params = flax.serialization.from_bytes(target, (d / _WEIGHTS_NAME).read_bytes())
+    meta_path = d / _CONFIG_NAME
+    try:
+        cfg = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"directory: {meta_path} is not valid JSON ({err})") from err
+    if not isinstance(cfg, dict) or cfg.get("format") != MASK_FORMAT:
+        got = cfg.get("format") if isinstance(cfg, dict) else None
+        raise ValueError(f"directory: {meta_path}: mask model format {got!r} != {MASK_FORMAT}")
+    try:
+        m = cfg["model"]
+        model = MaskNet(
+            int(m["n_classes"]), int(m["features"]), tuple(int(x) for x in m["dilations"])
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"directory: {meta_path}: 'model' must hold n_classes, features and dilations "
+            f"({type(err).__name__}: {err})"
+        ) from err
+    target = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 8, 8, 1))), jax.random.key(0))
+    target = target["params"]
+    try:
+        params = flax.serialization.from_bytes(target, (d / _WEIGHTS_NAME).read_bytes())
+    except Exception as err:  # msgpack/flax raise several types for corrupt data
+        raise ValueError(f"directory: cannot read weights {d / _WEIGHTS_NAME} ({err})") from err
+    want = jax.tree_util.tree_flatten_with_path(target)[0]
+    for (where, t), leaf in zip(want, jax.tree.leaves(params), strict=True):
+        if tuple(t.shape) != np.shape(leaf):
+            raise ValueError(
+                f"directory: {meta_path}: 'model' ({m}) does not match the weights in "
+                f"{_WEIGHTS_NAME}: {jax.tree_util.keystr(where)} has shape {np.shape(leaf)} "
+                f"in the file, {tuple(t.shape)} by 'model'"
+            )
     return model, params, cfg

@@ -18,8 +18,9 @@ from typing import Any
 
 import flax.serialization
 import jax
+import numpy as np
 
-from galjax.core.files import atomic_write
+from galjax.core.files import atomic_write, clean_stale_tmp
 
 from .flow import FlowConfig, init_flow
 from .vae import VAEConfig, init_vae
@@ -132,6 +133,7 @@ def save_model(directory, model: GalaxyModel) -> Path:
     """Write ``model`` to ``directory`` (created if needed); returns the path."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(d)  # left by a save that was killed mid-write
     files = {"vae": model.vae_params, "flow": model.flow_params, "init": model.init_params}
     for name, params in files.items():
         if params is not None:
@@ -150,21 +152,54 @@ def save_model(directory, model: GalaxyModel) -> Path:
     return d
 
 
-def _read(path: Path, target):
+def _read(path: Path, target, meta_path: Path, key: str, summary: str):
+    """Weights in ``path`` restored into ``target`` (a tree of shapes from model.json's
+    ``key``), their leaf shapes checked: flax restores values without comparing shapes."""
+    if not path.is_file():
+        raise FileNotFoundError(f"model: {str(path)!r} is missing (model.json lists {key})")
     try:
-        return flax.serialization.from_bytes(target, path.read_bytes())
-    except FileNotFoundError:
-        raise
+        params = flax.serialization.from_bytes(target, path.read_bytes())
     except Exception as err:  # msgpack/flax raise several types for corrupt data
-        raise ValueError(f"model: cannot read weights {str(path)!r} ({err})") from err
+        raise ValueError(
+            f"model: cannot read weights {str(path)!r} with the {key!r} of {meta_path} "
+            f"({summary}): {err}"
+        ) from err
+    want = jax.tree_util.tree_flatten_with_path(target)[0]
+    got = jax.tree.leaves(params)
+    for (where, t), leaf in zip(want, got, strict=True):
+        if tuple(t.shape) != tuple(np.shape(leaf)):
+            raise ValueError(
+                f"model: {meta_path}: {key!r} ({summary}) does not match the weights in "
+                f"{path.name}: {jax.tree_util.keystr(where)} has shape "
+                f"{tuple(np.shape(leaf))} in the file, {tuple(t.shape)} by {key!r}"
+            )
+    return params
+
+
+def _config(meta: dict, meta_path: Path, key: str, cls):
+    """``cls.from_dict(meta[key])`` with a message naming model.json's key on failure."""
+    if key not in meta:
+        raise ValueError(f"model: {meta_path}: no {key!r} entry")
+    try:
+        if not isinstance(meta[key], dict):
+            raise TypeError(f"expected a JSON object, got {type(meta[key]).__name__}")
+        return cls.from_dict(meta[key])
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"model: {meta_path}: {key!r} is malformed ({err})") from err
 
 
 def load_model(directory) -> GalaxyModel:
     """Load a model directory written by :func:`save_model`.
 
+    The weights are checked against the configurations in ``model.json``: a leaf
+    whose shape differs (weights of another ``latent_dim``, say) is refused here,
+    not deep inside a later compiled call.
+
     Raises:
-      FileNotFoundError: the directory or ``model.json`` is missing.
-      ValueError: another format version, or corrupt/mismatched weights.
+      FileNotFoundError: the directory, ``model.json`` or ``vae.msgpack`` is missing.
+      ValueError: another format version; ``vae_config``/``flow_config`` missing or
+        malformed; ``flow_config`` set but ``flow.msgpack`` missing; corrupt weights,
+        or weights whose shapes disagree with ``model.json``.
     """
     d = Path(directory)
     meta_path = d / "model.json"
@@ -172,26 +207,40 @@ def load_model(directory) -> GalaxyModel:
         raise FileNotFoundError(f"model: no model.json in {str(d)!r}")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"model: {str(meta_path)!r} is not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"model: {str(meta_path)!r} does not hold a JSON object")
     if meta.get("format") != MODEL_FORMAT:
         raise ValueError(
             f"model: {str(d)!r} has format {meta.get('format')!r} (galjax "
             f"{meta.get('galjax_version', '?')}); this galjax reads format {MODEL_FORMAT}. "
             "Retrain it with `galjax train` or use a matching galjax version."
         )
-    vcfg = VAEConfig.from_dict(meta["vae_config"])
+    vcfg = _config(meta, meta_path, "vae_config", VAEConfig)
     # The parameter trees' structure only (no values are computed): the weights come
     # from the files, and an eager initialisation would cost seconds per model.
     template = jax.eval_shape(lambda k: init_vae(k, vcfg), jax.random.key(0))
-    vae_params = _read(d / "vae.msgpack", template)
+    vsum = f"latent_dim={vcfg.latent_dim}, stamp_size={vcfg.stamp_size}, arch={vcfg.arch!r}"
+    vae_params = _read(d / "vae.msgpack", template, meta_path, "vae_config", vsum)
     fcfg = flow_params = init_params = None
-    if meta.get("flow_config") is not None and (d / "flow.msgpack").is_file():
-        fcfg = FlowConfig.from_dict(meta["flow_config"])
+    if meta.get("flow_config") is not None:
+        fcfg = _config(meta, meta_path, "flow_config", FlowConfig)
+        if not (d / "flow.msgpack").is_file():
+            raise ValueError(
+                f"model: {meta_path}: 'flow_config' is set but {d / 'flow.msgpack'} is missing; "
+                "restore the file (or retrain the prior with `galjax train flow`)"
+            )
+        if fcfg.dim != vcfg.latent_dim:
+            raise ValueError(
+                f"model: {meta_path}: 'flow_config' dim={fcfg.dim} differs from "
+                f"'vae_config' latent_dim={vcfg.latent_dim}"
+            )
         flow_template = jax.eval_shape(lambda k: init_flow(k, fcfg), jax.random.key(0))
-        flow_params = _read(d / "flow.msgpack", flow_template)
+        fsum = f"dim={fcfg.dim}, n_layers={fcfg.n_layers}"
+        flow_params = _read(d / "flow.msgpack", flow_template, meta_path, "flow_config", fsum)
     if (d / "init.msgpack").is_file():
-        init_params = _read(d / "init.msgpack", template)
+        init_params = _read(d / "init.msgpack", template, meta_path, "vae_config", vsum)
     return GalaxyModel(vcfg, vae_params, fcfg, flow_params, init_params, meta.get("meta", {}))
 
 

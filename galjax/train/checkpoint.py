@@ -5,7 +5,8 @@ state dict) and its metadata in one msgpack file, so the two can never disagree;
 ``run/checkpoint.json`` is a human-readable copy of the metadata (step, config,
 galjax version). Both are written to a temporary file in the same folder and
 moved into place with ``os.replace``, so a crash mid-write leaves the previous
-checkpoint intact.
+checkpoint intact; temporary files that a killed run left there are removed
+(:func:`galjax.core.files.clean_stale_tmp`) by the next save.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galjax.core.files import atomic_write
+from galjax.core.files import atomic_write, clean_stale_tmp
 
 __all__ = ["save_checkpoint", "restore_checkpoint", "load_checkpoint_metadata", "to_host"]
 
@@ -116,6 +117,7 @@ def save_checkpoint(path, state, metadata: dict[str, Any] | None = None) -> Path
         }
     )
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(path.parent)  # left by a run killed mid-write
     atomic_write(path, lambda tmp: tmp.write_bytes(payload))
     atomic_write(_sidecar_path(path), lambda tmp: tmp.write_text(meta_json + "\n"))
     return path
