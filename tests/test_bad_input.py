@@ -709,3 +709,22 @@ def test_minimise_stops_on_a_nonfinite_objective(patience):
     ok, _ = minimise(lambda x: jnp.sum((x - 2.0) ** 2), jnp.ones(2), optax.sgd(0.1), 20, tol=tol,
                      patience=patience)  # fmt: skip
     np.testing.assert_allclose(ok, 2.0, atol=0.05)
+
+
+def test_very_bright_sources_start_inside_the_latent_range_and_get_finite_errors(ctx):
+    """Sources 1e6x the context's (SNR ~ 1e7, not absurd): the encoder's latents are
+    clipped to Z0_MAX, Adam moves them at most ~learning_rate per step, and the
+    Laplace errors are finite and positive."""
+    from galjax.deblend.solve import Z0_MAX
+    from galjax.image.transforms import cutouts
+    from galjax.models.vae import encode
+
+    bright = ctx["fields"] * np.float32(1e6)
+    gal = ctx["gal"]
+    raw, _ = encode(gal.vae_params, gal.vae_config, cutouts(bright[0], POS[0], 15))
+    assert np.max(np.abs(raw)) > Z0_MAX  # the clip is what keeps the start in range
+    res = deblend(ctx["gal"], bright, POS, sigma=1.0, config=CFG, progress=False)
+    bound = Z0_MAX + 2 * CFG.n_steps * CFG.learning_rate
+    assert np.all(np.abs(res.latents) <= bound)
+    err = laplace_flux_errors(ctx["gal"], res, POS, np.ones_like(bright))
+    assert np.all(np.isfinite(err)) and np.all(err > 0)

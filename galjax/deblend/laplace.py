@@ -223,6 +223,9 @@ def _laplace(key, model: GalaxyModel, field_result, positions, ivar, psf, prior_
         hp = jax.vmap(jax.hessian(lambda zi: -log_prior(model.flow_params, model.flow_config, zi)))(
             jnp.where(point[:, None], 0.0, z)
         )
+        # A curvature that overflowed (latents far outside the flow's support) is dropped:
+        # that source's errors come from the data alone.
+        hp = jnp.where(jnp.all(jnp.isfinite(hp), axis=(1, 2), keepdims=True), hp, 0.0)
         # Away from its modes the flow's -log p is not convex; an indefinite block can make
         # cov non-positive and a flux variance negative. Keep its positive-curvature part.
         evals, evecs = jnp.linalg.eigh(0.5 * (hp + jnp.swapaxes(hp, -1, -2)))

@@ -37,7 +37,13 @@ from galjax.models.store import GalaxyModel
 from galjax.models.vae import encode
 from galjax.scores.metrics import chi2_per_pixel
 
-__all__ = ["deblend_field", "deblend_chunk"]
+__all__ = ["deblend_field", "deblend_chunk", "Z0_MAX"]
+
+#: The encoder's starting latents are clipped to ``[-Z0_MAX, Z0_MAX]``. The prior is about
+#: ``N(0, 1)`` per latent and galjax's own fields give ``|z| < 14``; a source far outside
+#: the training set (1e4x brighter) can encode to ``|z| ~ 1e4``, where the decoder and the
+#: flow are meaningless and the Laplace Hessian overflows.
+Z0_MAX = 20.0
 
 
 def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
@@ -72,7 +78,7 @@ def deblend_field(model: GalaxyModel, field, positions, mask, ivar, psf=None,
     init = model.init_params if (cfg.use_init_encoder and model.init_params is not None) else None
     enc_params = model.vae_params if init is None else init
     z0, _ = encode(enc_params, vcfg, cutouts(field, positions, vcfg.stamp_size))
-    z0 = jnp.where(mask[:, None], z0, 0.0)
+    z0 = jnp.where(mask[:, None], jnp.clip(z0, -Z0_MAX, Z0_MAX), 0.0)
     weights = jax.lax.stop_gradient(
         prior_weights(model, z0, field, positions, mask, ivar, psf, cfg, hp)
     )
