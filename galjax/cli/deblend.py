@@ -85,7 +85,8 @@ def _status(res) -> np.ndarray:
 # not change the results; every other option is a setting of the run.
 _INPUT_FILES = ("fields", "positions", "psf", "variance")
 _NOT_SETTINGS = {"out", "quiet", "resume", "debug", "func", "cpu_devices", "command", "model",
-                 *_INPUT_FILES}  # fmt: skip
+                 "image", "shard", "distributed", "coordinator", "num_processes", "process_id",
+                 "wait", *_INPUT_FILES}  # fmt: skip
 
 
 def _check_options(args) -> None:
@@ -98,7 +99,12 @@ def _check_options(args) -> None:
                 f"with {', '.join(given)}"
             )
     elif not args.fields:
-        raise ValueError("--fields: give the fields FITS (or --demo)")
+        raise ValueError("--fields: give a survey IMAGE, the fields FITS, or --demo")
+    for opt in ("weight", "mask", "zeropoint", "hdu"):
+        if getattr(args, opt, None) is not None:
+            raise ValueError(f"--{opt}: only with a survey IMAGE")
+    if args.shard != (0, 1) or args.distributed or args.coordinator:
+        raise ValueError("--shard/--distributed/--coordinator: only with a survey IMAGE")
     if args.resume and args.find_stars:
         raise ValueError("--resume: not available with --find-stars (two passes over the fields)")
 
@@ -206,15 +212,19 @@ def _deblend(args) -> int:
     from .deblend_inputs import load_deblend_model
 
     t0 = time.perf_counter()
-    _check_options(args)
-    model, folder = load_deblend_model(args.model)
-    bands = tuple(model.meta.get("survey", {}).get("bands", ("band0",)))
     cfg = DeblendConfig(n_steps=args.steps, chunk=args.chunk, debias=not args.no_debias)
     if args.prior_weight is not None:
         cfg = dataclasses.replace(cfg, prior_weight=args.prior_weight)
     if args.prior_weight_faint is not None:
         faint = None if args.prior_weight_faint < 0 else args.prior_weight_faint
         cfg = dataclasses.replace(cfg, prior_weight_faint=faint)
+    if args.image:
+        from .deblend_image import run_image
+
+        return run_image(args, cfg)
+    _check_options(args)
+    model, folder = load_deblend_model(args.model)
+    bands = tuple(model.meta.get("survey", {}).get("bands", ("band0",)))
     fields, ivar, positions, mask, point, psf, truth, title = _read_inputs(args, model, folder)
     n = len(fields)
     # Every input has passed its checks: from here on files are written.
@@ -307,7 +317,11 @@ def _print_demo_scores(res, truth, flux_err, sigma, model) -> None:
 def register(subparsers) -> None:
     """Add the ``deblend`` sub-command to an ``argparse`` sub-parser collection."""
     db = subparsers.add_parser(
-        "deblend", help="deblend fields with the VAE + flow MAP (the main job)"
+        "deblend",
+        help="deblend a survey image, or stacked fields, with the VAE + flow MAP (the main job)",
+        description="galjax deblend IMAGE.fits --psf PSF.fits (--sigma S | --variance V.fits | "
+        "--weight W.fits) --out DIR: detect and deblend every source of a survey image of any "
+        "size; or --fields STACK.fits with --positions; or --demo.",
     )
     db.add_argument(
         "--demo",
@@ -375,4 +389,7 @@ def register(subparsers) -> None:
         help="keep the raw fluxes (no calibrated noise-bias correction)",
     )
     db.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .deblend_image import add_image_options
+
+    add_image_options(db)
     db.set_defaults(func=_deblend, cpu_devices=True)

@@ -161,8 +161,9 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
         several CPU devices chunks finish out of order; the calls come from the
         worker threads, one at a time.
       mesh: optional 1-D ``jax.sharding.Mesh``: each chunk is sharded over it (the
-        fields of a chunk then run in step). By default all local devices are used
-        when there are several: accelerators through such a mesh; CPU devices (see
+        fields of a chunk then run in step). By default this process's devices are
+        used when there are several (under ``jax.distributed`` each process deblends
+        the fields it is given): accelerators through such a mesh; CPU devices (see
         :func:`galjax.set_cpu_device_count`) each get a worker thread that solves
         its own chunks, so every field stops on its own. The results are the same.
       progress: tqdm progress bar over chunks.
@@ -205,12 +206,13 @@ def deblend(model: GalaxyModel, fields, positions, mask=None, *, sigma=None, iva
         positions = np.full((n, 1, 2), (fields.shape[2] - 1) / 2.0, np.float32)
         mask = np.zeros((n, 1), bool)
     cpu = jax.default_backend() == "cpu"
-    # Several CPU devices in one process: one worker thread per device, each solving
-    # whole chunks (multi-host runs shard every chunk over the global mesh instead).
-    threads = mesh is None and cpu and jax.local_device_count() > 1 and jax.process_count() == 1
+    # Several CPU devices: one worker thread per local device, each solving whole
+    # chunks. Only this process's devices are used: under jax.distributed every
+    # process solves the fields it is given (its share, e.g. galjax.deblend.tiles.share).
+    threads = mesh is None and cpu and jax.local_device_count() > 1
     workers = jax.local_devices() if threads else []
     if mesh is None and not workers and jax.local_device_count() > 1:
-        mesh = data_mesh()
+        mesh = data_mesh(jax.local_devices())
     n_dev = 1 if mesh is None else mesh.devices.size
     chunk = config.chunk or (1 if cpu else 256)
     group = None if mesh is not None else (config.group or (1 if cpu else None))

@@ -33,6 +33,7 @@ from galjax.core.checks import check_odd_psf, check_psf_centred
 from galjax.models.store import GalaxyModel
 
 __all__ = [
+    "prepare_psf",
     "ABSURD",
     "DeblendInputs",
     "prepare_inputs",
@@ -297,3 +298,57 @@ def _model_psf(vcfg, psf, n: int, b: int):
     if psf is not None:
         warnings.warn("psf: ignored, the model's PSF is built in", stacklevel=4)
     return None
+
+
+def prepare_psf(model: GalaxyModel, psf, bands: int):
+    """The PSF as ``(ph, pw, bands)`` float32 with unit sum per band, or None.
+
+    Required (and checked: odd, centred) for explicit-PSF models; for models with
+    the PSF baked in, a PSF whose half-maximum width differs from the model's
+    training PSF by more than 20 % gives a ``UserWarning``.
+    """
+    from galjax.core.checks import check_odd_psf, check_psf_centred
+
+    explicit = model.vae_config.psf_explicit
+    if psf is None:
+        if explicit:
+            raise ValueError("psf: this model draws sources before the PSF; give the image's PSF")
+        return None
+    p = np.asarray(psf, np.float32)
+    if p.ndim == 2:
+        p = p[..., None]
+    if p.ndim != 3 or p.shape[-1] not in (1, bands):
+        raise ValueError(f"psf: expected (ph, pw) or (ph, pw, {bands}), got shape {p.shape}")
+    p = np.asarray(check_odd_psf("psf", p))
+    check_psf_centred("psf", p)
+    p = np.broadcast_to(p, p.shape[:2] + (bands,)).astype(np.float32)
+    p = p / p.sum(axis=(0, 1), keepdims=True)
+    if not explicit:
+        _check_baked_psf(model, p)
+        return None
+    return p
+
+
+def _hm_width(p) -> float:
+    """Half-maximum width in pixels: ``2 sqrt(A / pi)``, ``A`` the area above half the peak."""
+    return float(2.0 * np.sqrt(np.count_nonzero(p >= 0.5 * p.max()) / np.pi))
+
+
+def _check_baked_psf(model: GalaxyModel, p) -> None:
+    survey = (model.meta or {}).get("survey")
+    if not survey:
+        return
+    from galjax.sim.survey import Survey
+
+    ref = np.asarray(Survey.from_dict(survey).pixel_psf())
+    ref = ref[..., None] if ref.ndim == 2 else ref
+    for b in range(p.shape[-1]):
+        w_user, w_ref = _hm_width(p[..., b]), _hm_width(ref[..., min(b, ref.shape[-1] - 1)])
+        if abs(w_user / w_ref - 1.0) > 0.2:
+            warnings.warn(
+                f"psf: band {b} has a half-maximum width of {w_user:.2f} px, the model was "
+                f"trained with {w_ref:.2f} px (its PSF is baked in); use an explicit-PSF model "
+                "or resample the image",
+                UserWarning,
+                stacklevel=3,
+            )

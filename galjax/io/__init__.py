@@ -4,7 +4,7 @@ Everything here runs on the host (numpy and astropy), outside ``jit``; it return
 float32 numpy arrays in galjax's ``(..., height, width, bands)`` convention.
 """
 
-from galjax.io import datasets, fits, radio
+from galjax.io import datasets, fits, radio, survey
 from galjax.io.datasets import (
     HSC_FILTERS,
     HSC_PIXEL_SCALE,
@@ -41,11 +41,22 @@ from galjax.io.radio import (
     load_radio,
     prepare_images,
 )
+from galjax.io.survey import (
+    ZEROPOINT_KEYS,
+    SurveyImage,
+    Window,
+    create_fits_image,
+    open_fits_image,
+    open_survey_image,
+    pixel_to_sky,
+    sky_header,
+)
 
 __all__ = [
     "datasets",
     "fits",
     "radio",
+    "survey",
     "CLASS_NAMES",
     "RadioData",
     "augment_images",
@@ -76,4 +87,12 @@ __all__ = [
     "write_fits",
     "write_mask_fits",
     "write_table",
+    "ZEROPOINT_KEYS",
+    "SurveyImage",
+    "Window",
+    "create_fits_image",
+    "open_fits_image",
+    "open_survey_image",
+    "pixel_to_sky",
+    "sky_header",
 ]

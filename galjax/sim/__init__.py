@@ -23,6 +23,7 @@ from .galaxy import (
     smooth_twin,
     validate_galaxy_params,
 )
+from .mosaic import DEFAULT_DENSITY, Mosaic, mosaic_count, simulate_mosaic, write_mosaic
 from .noise import add_background, add_noise, noise_variance
 from .profiles import (
     SERSIC_N_RANGE,
@@ -46,5 +47,6 @@ __all__ = [
     "SERSIC_N_RANGE", "e_from_q_beta", "elliptical_radius2", "gaussian_sb", "pixel_grid",
     "pixelate", "q_beta_from_e", "sersic_bn", "sersic_sb", "convolve_fft", "fft_size",
     "gaussian_psf", "moffat_alpha", "moffat_psf", "moffat_sb", "HSC", "HST_F814W", "LSST",
-    "LSST_R", "SDSS_R", "SURVEYS", "Survey", "sample_galaxy",
+    "LSST_R", "SDSS_R", "SURVEYS", "Survey", "sample_galaxy", "Mosaic", "DEFAULT_DENSITY",
+    "mosaic_count", "simulate_mosaic", "write_mosaic",
 ]  # fmt: skip

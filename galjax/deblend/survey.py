@@ -1,0 +1,597 @@
+"""Deblending a survey image of any size: background, detection, blends, tiles, catalogue.
+
+For each tile (:mod:`~galjax.deblend.tiles`) of a :class:`~galjax.io.SurveyImage`:
+
+1. the window is read; per band, the sky background and rms maps are estimated
+   (:func:`galjax.detect.sky_background`, SExtractor's algorithm through sep) and
+   the background is subtracted; without a noise map the background rms is the
+   noise (``ivar = 1 / rms^2``);
+2. sources are detected on the inverse-variance weighted mean of the bands,
+   ``d = sum_b w_b y_b / sum_b w_b`` with noise ``1 / sqrt(sum_b w_b)``
+   (:func:`galjax.detect.detect_sources`: threshold, minimum area, multi-threshold
+   deblending with a contrast, a segmentation map);
+3. sources whose footprints touch or nearly touch form blends
+   (:func:`galjax.detect.group_blends`); each blend the tile owns is cut out at a
+   size that holds its footprints plus a margin (at least the model's stamp), on a
+   square canvas of a few fixed sizes (zero weight outside the cutout);
+4. all blends of a canvas size are solved in one call of
+   :func:`~galjax.deblend.deblend` (compiled, vmapped, chunked), with Laplace flux
+   errors (:func:`~galjax.deblend.laplace_flux_errors`).
+
+:func:`deblend_tile` does one tile and returns a :class:`TileResult` (host numpy);
+:func:`catalog_table` merges tile results into an astropy ``Table`` with RA/Dec
+from the image's WCS, fluxes in the image's unit and AB magnitudes where a
+zeropoint is known; :func:`write_images` writes the model and residual mosaics
+tile by tile; :func:`deblend_image` runs everything in memory for the Python API
+(arrays, FITS paths, ``NDData``/``CCDData``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from galjax.deblend.batching import deblend
+from galjax.deblend.config import FAILED, DeblendConfig, DeblendStatus
+from galjax.deblend.inputs import prepare_psf
+from galjax.deblend.laplace import laplace_flux_errors
+from galjax.deblend.tiles import Tile, canvas_size, owned, plan_tiles
+from galjax.detect.sources import blend_boxes, detect_sources, group_blends, sky_background
+from galjax.image.background import Background
+from galjax.io.survey import SurveyImage, open_survey_image, pixel_to_sky
+from galjax.models.store import GalaxyModel
+
+__all__ = [
+    "DetectionConfig",
+    "TileResult",
+    "SOURCE_COLUMNS",
+    "deblend_tile",
+    "catalog_table",
+    "write_images",
+    "deblend_image",
+    "report_flags",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionConfig:
+    """Background, detection and blend settings of :func:`deblend_tile`.
+
+    Attributes:
+      threshold: detection threshold in units of the noise, > 0 (default 1.5,
+        SExtractor's ``DETECT_THRESH``).
+      min_area: minimum pixels above threshold, >= 1 (default 5).
+      deblend_contrast: flux fraction for a branch to become its own source, in
+        ``[0, 1]`` (default 0.005, ``DEBLEND_MINCONT``; 1 = no splitting).
+      deblend_levels: multi-threshold levels, >= 1 (default 32).
+      border: sources whose centre lies within this many pixels of the image edge
+        are fitted but left out of the catalogue, >= 0 (default 0).
+      background_box: mesh size of the background map in pixels, >= 8 (default 64).
+      gap: footprints at most ``2 * gap`` sky pixels apart are one blend (default 2).
+      margin: pixels added around a blend's footprints in its cutout (default 8).
+      pixstack: sep's pixel stack (pixels above threshold at once); raise it when
+        detection says so (default 1_000_000).
+    """
+
+    threshold: float = 1.5
+    min_area: int = 5
+    deblend_contrast: float = 0.005
+    deblend_levels: int = 32
+    border: int = 0
+    background_box: int = 64
+    gap: int = 2
+    margin: int = 8
+    pixstack: int = 1_000_000
+
+    def __post_init__(self):
+        if not (isinstance(self.threshold, int | float) and 0 < self.threshold < np.inf):
+            raise ValueError(f"threshold: expected a finite number > 0, got {self.threshold!r}")
+        if not (isinstance(self.deblend_contrast, int | float) and 0 <= self.deblend_contrast <= 1):
+            raise ValueError(
+                f"deblend_contrast: expected a number in [0, 1], got {self.deblend_contrast!r}"
+            )
+        for name, lo in (
+            ("min_area", 1),
+            ("deblend_levels", 1),
+            ("border", 0),
+            ("background_box", 8),
+            ("gap", 0),
+            ("margin", 0),
+            ("pixstack", 1),
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+
+
+#: Per-source arrays of a :class:`TileResult` (``(n,)`` or ``(n, bands)``).
+SOURCE_COLUMNS = (
+    "x",
+    "y",
+    "flux",
+    "flux_err",
+    "blend",
+    "chi2",
+    "chi2_footprint",
+    "n_iter",
+    "status",
+    "truncated",
+    "det_flux",
+    "npix",
+    "keep",
+)
+
+
+class TileResult(NamedTuple):
+    """The sources a tile owns, their blends' models and the tile's background.
+
+    Attributes:
+      tile: the :class:`~galjax.deblend.tiles.Tile`.
+      sources: dict of :data:`SOURCE_COLUMNS` arrays, one row per source: ``x, y``
+        global pixels; ``flux``, ``flux_err`` ``(n, bands)`` in the image's unit
+        (sum of the model's pixels; Laplace 1-sigma); ``blend`` the blend's index
+        in this tile; ``chi2`` residual chi^2 per usable pixel of the blend's
+        cutout; ``chi2_footprint`` the same over the source's own footprint (its
+        segmentation pixels); ``n_iter``; ``status`` the blend's
+        :class:`~galjax.deblend.DeblendStatus` bits; ``truncated`` the blend
+        reached the edge of the tile's read window; ``det_flux``, ``npix`` the
+        detection's flux and footprint area; ``keep`` False for sources in the
+        image border (:attr:`DetectionConfig.border`).
+      boxes: ``(n_blends, 4)`` global ``(y0, y1, x0, x1)`` of each blend's model:
+        its canvas (the cutout, centred on a canvas of :data:`~galjax.deblend.tiles.CANVAS_SIZES`)
+        clipped to the image.
+      models: list of ``(y1 - y0, x1 - x0, bands)`` float32, each blend's model.
+      background: ``(core_h, core_w, bands)`` float32 background level of the core.
+    """
+
+    tile: Tile
+    sources: dict
+    boxes: np.ndarray
+    models: list
+    background: np.ndarray
+
+
+def _empty_sources(bands: int) -> dict:
+    out = {k: np.zeros(0, np.float64) for k in SOURCE_COLUMNS}
+    out["flux"] = out["flux_err"] = np.zeros((0, bands), np.float64)
+    for k in ("blend", "n_iter", "status", "npix"):
+        out[k] = np.zeros(0, np.int32)
+    out["truncated"] = out["keep"] = np.zeros(0, bool)
+    return out
+
+
+def _background(win_data, good, box: int):
+    """Per band: background level and rms maps, ``(h, w, bands)`` float32 each."""
+    level = np.zeros(win_data.shape, np.float32)
+    rms = np.zeros(win_data.shape, np.float32)
+    for b in range(win_data.shape[-1]):
+        if not good[..., b].any():
+            rms[..., b] = np.inf
+            continue
+        bg = sky_background(win_data[..., b], mask=good[..., b], box=box)
+        level[..., b] = np.broadcast_to(np.asarray(bg.level, np.float32), level.shape[:2])
+        rms[..., b] = np.broadcast_to(np.asarray(bg.rms, np.float32), rms.shape[:2])
+    return level, rms
+
+
+def _detection_image(sub, ivar):
+    """Inverse-variance weighted mean over bands and its noise std (inf: no data)."""
+    wsum = ivar.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        det = np.where(wsum > 0, (ivar * sub).sum(axis=-1) / wsum, 0.0)
+        rms = np.where(wsum > 0, wsum**-0.5, np.inf)
+    return det.astype(np.float32), rms.astype(np.float32)
+
+
+def _footprint_chi2(residual, ivar, seg_box, sources_k):
+    """chi^2 per usable pixel over each source's segmentation pixels in a cutout."""
+    r2 = (residual**2 * ivar).sum(axis=-1)
+    n_used = (ivar > 0).sum(axis=-1)
+    out = np.full(len(sources_k), np.nan)
+    for j, k in enumerate(sources_k):
+        pix = seg_box == k + 1
+        n = n_used[pix].sum()
+        if n:
+            out[j] = r2[pix].sum() / n
+    return out
+
+
+def deblend_tile(
+    model: GalaxyModel,
+    image: SurveyImage,
+    tile: Tile,
+    psf=None,
+    *,
+    detection: DetectionConfig = DetectionConfig(),
+    config: DeblendConfig = DeblendConfig(),
+) -> TileResult:
+    """Background, detection, blends and MAP deblending of one tile.
+
+    Args:
+      model: trained :class:`~galjax.models.GalaxyModel`; ``model.vae_config.bands``
+        must equal ``image.bands``.
+      image: the :class:`~galjax.io.SurveyImage` (read by windows).
+      tile: a :class:`~galjax.deblend.tiles.Tile` of ``plan_tiles(image.shape)``.
+      psf: ``(ph, pw, bands)`` PSF for explicit-PSF models (odd, centred, unit sum
+        per band), else None.
+      detection: :class:`DetectionConfig`.
+      config: :class:`~galjax.deblend.DeblendConfig` of the MAP solve.
+
+    Returns:
+      :class:`TileResult` of the blends the tile owns (possibly none).
+    """
+    bands = image.bands
+    if model.vae_config.bands != bands:
+        raise ValueError(f"image: has {bands} band(s), the model {model.vae_config.bands}")
+    ry0, ry1, rx0, rx1 = tile.read
+    cy0, cy1, cx0, cx1 = tile.core
+    win = image.read(ry0, ry1, rx0, rx1)
+    good = win.good
+    data = np.where(good, win.data, 0.0).astype(np.float32)
+    level, rms = _background(data, good, detection.background_box)
+    sub = np.where(good, data - level, 0.0).astype(np.float32)
+    if win.ivar is None:
+        with np.errstate(divide="ignore"):
+            ivar = np.where(
+                good & (rms > 0) & np.isfinite(rms), 1.0 / rms.astype(np.float64) ** 2, 0.0
+            )
+    else:
+        ivar = np.where(good, win.ivar, 0.0)
+    background = level[cy0 - ry0 : cy1 - ry0, cx0 - rx0 : cx1 - rx0].copy()
+    empty = TileResult(tile, _empty_sources(bands), np.zeros((0, 4), np.int64), [], background)
+    if not (ivar > 0).any():
+        return empty
+    det, det_rms = _detection_image(sub, ivar)
+    src = detect_sources(
+        det,
+        rms=det_rms,
+        background=Background(0.0, det_rms),
+        threshold=detection.threshold,
+        min_area=detection.min_area,
+        deblend_contrast=detection.deblend_contrast,
+        deblend_levels=detection.deblend_levels,
+        pixstack=detection.pixstack,
+    )
+    if len(src.x) == 0:
+        return empty
+    blend_id, n_blends = group_blends(src.segmentation, gap=detection.gap)
+    tight = blend_boxes(src.segmentation, blend_id, margin=0)
+    stamp = model.vae_config.stamp_size
+    boxes = blend_boxes(src.segmentation, blend_id, margin=detection.margin, min_size=stamp)
+    gx, gy = src.x + rx0, src.y + ry0
+    weight = np.clip(src.flux, 0.0, None)
+    keep_blends, truncated = [], []
+    h_img, w_img = image.shape
+    for k in range(n_blends):
+        members = blend_id == k
+        wk = weight[members]
+        wk = wk if wk.sum() > 0 else np.ones_like(wk)
+        ref_x, ref_y = np.average(gx[members], weights=wk), np.average(gy[members], weights=wk)
+        if not owned(tile, ref_x, ref_y):
+            continue
+        ty0, ty1, tx0, tx1 = tight[k]
+        cut = (
+            (ty0 == 0 and ry0 > 0)
+            or (tx0 == 0 and rx0 > 0)
+            or (ty1 == ry1 - ry0 and ry1 < h_img)
+            or (tx1 == rx1 - rx0 and rx1 < w_img)
+        )
+        keep_blends.append(k)
+        truncated.append(cut)
+    if not keep_blends:
+        return empty
+    by_size: dict[int, list[int]] = {}
+    for j, k in enumerate(keep_blends):
+        y0, y1, x0, x1 = boxes[k]
+        by_size.setdefault(canvas_size(y1 - y0, x1 - x0), []).append(j)
+    explicit = model.vae_config.psf_explicit
+    rows = []
+    models_out: list = [None] * len(keep_blends)
+    model_boxes = np.zeros((len(keep_blends), 4), np.int64)
+    for size, js in sorted(by_size.items()):
+        ks = [keep_blends[j] for j in js]
+        members = [np.flatnonzero(blend_id == k) for k in ks]
+        n_max = max(len(m) for m in members)
+        fields = np.zeros((len(ks), size, size, bands), np.float32)
+        ivar_c = np.zeros(fields.shape, np.float64)
+        pos = np.zeros((len(ks), n_max, 2), np.float32)
+        mask = np.zeros((len(ks), n_max), bool)
+        origin = np.zeros((len(ks), 2), np.int64)  # canvas corner (y, x), window pixels
+        for i, (k, m) in enumerate(zip(ks, members, strict=True)):
+            y0, y1, x0, x1 = boxes[k]
+            oy, ox = (size - (y1 - y0)) // 2, (size - (x1 - x0)) // 2  # cutout centred
+            origin[i] = y0 - oy, x0 - ox
+            fields[i, oy : oy + y1 - y0, ox : ox + x1 - x0] = sub[y0:y1, x0:x1]
+            ivar_c[i, oy : oy + y1 - y0, ox : ox + x1 - x0] = ivar[y0:y1, x0:x1]
+            pos[i, : len(m)] = np.stack([src.x[m] - origin[i, 1], src.y[m] - origin[i, 0]], -1)
+            mask[i, : len(m)] = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # reported per source below
+            res = deblend(
+                model,
+                fields,
+                pos,
+                mask,
+                ivar=ivar_c,
+                psf=psf if explicit else None,
+                config=config,
+                progress=False,
+            )
+            err = laplace_flux_errors(model, res, pos, ivar_c, psf if explicit else None)
+        for i, (k, m) in enumerate(zip(ks, members, strict=True)):
+            j = js[i]
+            # The model is kept over the whole canvas inside the image: its light beyond
+            # the cutout (zero weight there) still belongs to the sources' fluxes.
+            gy0, gx0 = origin[i] + (ry0, rx0)
+            a0, a1 = max(gy0, 0), min(gy0 + size, h_img)
+            b0, b1 = max(gx0, 0), min(gx0 + size, w_img)
+            model_boxes[j] = (a0, a1, b0, b1)
+            models_out[j] = np.asarray(
+                res.models[i, : len(m), a0 - gy0 : a1 - gy0, b0 - gx0 : b1 - gx0].sum(0),
+                np.float32,
+            )
+            y0, y1, x0, x1 = boxes[k]
+            cy, cx = y0 - origin[i, 0], x0 - origin[i, 1]
+            fp = _footprint_chi2(
+                res.residual[i, cy : cy + y1 - y0, cx : cx + x1 - x0],
+                ivar[y0:y1, x0:x1],
+                src.segmentation[y0:y1, x0:x1],
+                m,
+            )
+            rows.append(
+                {
+                    "idx": m,
+                    "blend": np.full(len(m), j, np.int32),
+                    "flux": res.fluxes[i, : len(m)],
+                    "flux_err": err[i, : len(m)],
+                    "chi2": np.full(len(m), res.chi2[i]),
+                    "chi2_footprint": fp,
+                    "n_iter": np.full(len(m), res.n_iter[i], np.int32),
+                    "status": np.full(len(m), res.status[i], np.int32),
+                    "truncated": np.full(len(m), truncated[j]),
+                }
+            )
+    cat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    order = np.lexsort((cat["idx"], cat["blend"]))
+    cat = {k: v[order] for k, v in cat.items()}
+    idx = cat.pop("idx")
+    cat["x"], cat["y"] = gx[idx], gy[idx]
+    cat["det_flux"], cat["npix"] = src.flux[idx], src.npix[idx].astype(np.int32)
+    bd = detection.border
+    cat["keep"] = (
+        (cat["x"] >= bd)
+        & (cat["x"] <= w_img - 1 - bd)
+        & (cat["y"] >= bd)
+        & (cat["y"] <= h_img - 1 - bd)
+    )
+    cat["flux"] = np.asarray(cat["flux"], np.float64)
+    cat["flux_err"] = np.asarray(cat["flux_err"], np.float64)
+    return TileResult(tile, cat, model_boxes, models_out, background)
+
+
+def catalog_table(image: SurveyImage, results: Sequence[TileResult]):
+    """Merge tile results into one catalogue, an astropy ``Table``.
+
+    Columns: ``id``; ``x``, ``y`` (0-based pixels); ``ra``, ``dec`` (deg, when the
+    image has a WCS); ``flux_<band>``, ``flux_err_<band>`` in the image's unit
+    (sum over the source's model pixels); ``mag_<band>``, ``mag_err_<band>`` (AB,
+    when a zeropoint is known: ``mag = zp - 2.5 log10(flux)``, NaN for flux <= 0);
+    ``blend`` (a global blend id) and ``blend_size`` (its number of sources);
+    ``chi2`` (the blend's cutout) and ``chi2_footprint`` (the source's footprint),
+    both per usable pixel; ``n_iter``; ``status`` (text) and ``flags``
+    (:class:`~galjax.deblend.DeblendStatus` bits); ``truncated``; ``tile``;
+    ``det_flux``, ``npix`` (the detection's). Rows sorted by tile, blend, source;
+    border sources dropped.
+    """
+    from astropy import units as u
+    from astropy.table import Table
+
+    from galjax.deblend.config import status_text
+
+    parts = [r.sources for r in results]
+    bands = image.bands
+    cols = {
+        k: np.concatenate([p[k] for p in parts]) if parts else _empty_sources(bands)[k]
+        for k in SOURCE_COLUMNS
+    }
+    tile_ix = np.concatenate(
+        [np.full(len(p["x"]), r.tile.index, np.int32) for p, r in zip(parts, results, strict=True)]
+        or [np.zeros(0, np.int32)]
+    )
+    offsets, n = [], 0
+    for r in results:
+        offsets.append(n)
+        n += len(r.boxes)
+    blend = np.concatenate(
+        [p["blend"] + o for p, o in zip(parts, offsets, strict=True)] or [np.zeros(0, np.int32)]
+    ).astype(np.int64)
+    keep = cols["keep"].astype(bool)
+    sizes = np.bincount(blend, minlength=n) if blend.size else np.zeros(0, np.int64)
+    t = Table()
+    t["id"] = np.arange(int(keep.sum()), dtype=np.int64)
+    t["x"] = cols["x"][keep] * u.pix
+    t["y"] = cols["y"][keep] * u.pix
+    if image.wcs is not None:
+        ra, dec = pixel_to_sky(image.wcs, cols["x"][keep], cols["y"][keep])
+        t["ra"], t["dec"] = ra * u.deg, dec * u.deg
+    unit = _unit(image.unit)
+    zps = image.zeropoint
+    for b, name in enumerate(image.band_names):
+        f, e = cols["flux"][keep, b], cols["flux_err"][keep, b]
+        t[f"flux_{name}"] = f if unit is None else f * unit
+        t[f"flux_err_{name}"] = e if unit is None else e * unit
+        if zps is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mag = np.where(f > 0, zps[b] - 2.5 * np.log10(np.where(f > 0, f, 1.0)), np.nan)
+                merr = np.where(f > 0, 2.5 / np.log(10.0) * e / np.where(f > 0, f, 1.0), np.nan)
+            t[f"mag_{name}"] = mag * u.ABmag
+            t[f"mag_err_{name}"] = merr * u.mag
+    t["blend"] = blend[keep]
+    t["blend_size"] = sizes[blend[keep]] if blend.size else np.zeros(0, np.int64)
+    t["chi2"] = cols["chi2"][keep]
+    t["chi2_footprint"] = cols["chi2_footprint"][keep]
+    t["n_iter"] = cols["n_iter"][keep]
+    status = cols["status"][keep].astype(np.int32)
+    t["status"] = [status_text(int(c)) for c in status]
+    t["flags"] = status
+    t["truncated"] = cols["truncated"][keep].astype(bool)
+    t["tile"] = tile_ix[keep]
+    t["det_flux"] = cols["det_flux"][keep]
+    t["npix"] = cols["npix"][keep]
+    t.meta["unit"] = image.unit or "unknown"
+    t.meta["comments"] = [
+        "x, y: 0-based pixels, (x, y) = (column, row), pixel centres at integers",
+        "ra, dec: ICRS degrees from the image WCS (absent: the image has no WCS)",
+        f"flux: sum of the source's model pixels, in the image unit ({image.unit or 'unknown'}); "
+        "flux_err: Laplace 1-sigma",
+        "mag: AB, zp - 2.5 log10(flux) (absent: no zeropoint known)",
+        "chi2: residual chi^2 per usable pixel of the blend's cutout; chi2_footprint: over "
+        "the source's footprint",
+        "status, flags: the blend's galjax.deblend.DeblendStatus (no_data, nonfinite: not fitted)",
+        "truncated: the blend reached the edge of its tile's read window (raise the overlap)",
+    ]
+    return t
+
+
+def _unit(text):
+    if not text:
+        return None
+    from astropy import units as u
+
+    try:
+        return u.Unit(text, parse_strict="silent")
+    except (ValueError, TypeError):
+        return None
+
+
+def write_images(image: SurveyImage, results: Sequence[TileResult], model_path, residual_path):
+    """Write the model and residual mosaics as FITS, tile by tile (bounded memory).
+
+    ``model`` = sum of every blend's model; ``residual`` = image - background -
+    model (0 where the image has no usable pixel). Both carry the image's WCS and
+    BUNIT. ``results`` may be any sequence (e.g. tiles loaded from disk on access);
+    it is read twice.
+    """
+    from galjax.core.files import atomic_write
+    from galjax.io.survey import create_fits_image, open_fits_image, sky_header
+
+    h, w = image.shape
+    header = sky_header(image)
+
+    def write_model(tmp):
+        create_fits_image(tmp, (h, w, image.bands), header)
+        with open_fits_image(tmp) as data:
+            out = data.reshape(image.bands, h, w)  # a view of the memory map
+            for r in results:
+                for (y0, y1, x0, x1), m in zip(r.boxes, r.models, strict=True):
+                    out[:, y0:y1, x0:x1] += np.moveaxis(m, -1, 0)
+
+    atomic_write(model_path, write_model)
+
+    def write_residual(tmp):
+        from astropy.io import fits
+
+        create_fits_image(tmp, (h, w, image.bands), header)
+        with open_fits_image(tmp) as data, fits.open(model_path, memmap=True) as mhdu:
+            out = data.reshape(image.bands, h, w)
+            model = mhdu[0].data.reshape(image.bands, h, w)
+            for r in results:
+                y0, y1, x0, x1 = r.tile.core
+                win = image.read(y0, y1, x0, x1)
+                m = np.moveaxis(np.asarray(model[:, y0:y1, x0:x1], np.float32), 0, -1)
+                res = np.where(win.good, win.data - r.background - m, 0.0)
+                out[:, y0:y1, x0:x1] = np.moveaxis(res, -1, 0)
+
+    atomic_write(residual_path, write_residual)
+
+
+def deblend_image(
+    model: GalaxyModel,
+    image,
+    psf=None,
+    *,
+    variance=None,
+    weight=None,
+    sigma=None,
+    mask=None,
+    detection: DetectionConfig = DetectionConfig(),
+    config: DeblendConfig = DeblendConfig(),
+    tile: int = 1024,
+    overlap: int = 128,
+    on_tile: Callable[[TileResult], None] | None = None,
+    progress: bool = True,
+):
+    """Detect and deblend every source of a survey image; the catalogue as a ``Table``.
+
+    Args:
+      model: trained :class:`~galjax.models.GalaxyModel` with as many bands as the image.
+      image: a :class:`~galjax.io.SurveyImage`, or anything
+        :func:`~galjax.io.open_survey_image` opens: a FITS path (2-D or a
+        ``(bands, h, w)`` cube), a list of per-band FITS paths, an ``(h, w)`` or
+        ``(h, w, bands)`` array, an astropy ``NDData``/``CCDData`` (its
+        uncertainty, mask, WCS and unit are used).
+      psf: ``(ph, pw)`` or ``(ph, pw, bands)`` PSF of the image; required by
+        explicit-PSF models (odd sizes, centred, normalised here to unit sum).
+      variance, weight, sigma, mask: noise and bad-pixel maps as
+        :func:`~galjax.io.open_survey_image` takes them (mask nonzero = bad); without
+        noise the background rms of each tile is used.
+      detection: :class:`DetectionConfig`; config: :class:`~galjax.deblend.DeblendConfig`.
+      tile, overlap: tile core side and read overlap in pixels (:func:`plan_tiles`).
+      on_tile: called with each finished :class:`TileResult`.
+      progress: tqdm bar over tiles.
+
+    Returns:
+      astropy ``Table`` (:func:`catalog_table`), ``meta["tiles"]`` the tile results.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(image, SurveyImage):
+        image = open_survey_image(image, variance=variance, weight=weight, sigma=sigma, mask=mask)
+    elif any(a is not None for a in (variance, weight, sigma, mask)):
+        raise ValueError("image: an opened SurveyImage carries its own noise and mask")
+    psf = prepare_psf(model, psf, image.bands)
+    if image.wcs is None:
+        warnings.warn(
+            "image: no WCS; the catalogue has pixel positions only", UserWarning, stacklevel=2
+        )
+    results = []
+    for t in tqdm(plan_tiles(image.shape, tile, overlap), desc="tiles", disable=not progress):
+        r = deblend_tile(model, image, t, psf, detection=detection, config=config)
+        if on_tile is not None:
+            on_tile(r)
+        results.append(r)
+    report_flags(results)
+    table = catalog_table(image, results)
+    table.meta["tiles"] = results
+    return table
+
+
+def report_flags(results: Sequence[TileResult]) -> dict:
+    """Counts of sources not fitted, truncated and unconverged; warns about the first two."""
+    status = np.concatenate([r.sources["status"] for r in results] or [np.zeros(0, np.int32)])
+    trunc = np.concatenate([r.sources["truncated"] for r in results] or [np.zeros(0, bool)])
+    counts = {
+        "failed": int(np.count_nonzero(status & int(FAILED))),
+        "truncated": int(np.count_nonzero(trunc)),
+        "not_converged": int(np.count_nonzero(status & int(DeblendStatus.NOT_CONVERGED))),
+        "sources": int(status.size),
+    }
+    if counts["failed"]:
+        warnings.warn(
+            f"{counts['failed']} source(s) in blends that could not be fitted "
+            "(status no_data/nonfinite; NaN fluxes)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if counts["truncated"]:
+        warnings.warn(
+            f"{counts['truncated']} source(s) in blends cut by a tile's read window "
+            "(column truncated); raise the overlap",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return counts
