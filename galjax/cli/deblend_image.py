@@ -289,6 +289,7 @@ def run_image(args, cfg) -> int:
     for opt in ("fields", "positions", "demo", "find_stars"):
         if getattr(args, opt, None):
             raise ValueError(f"--{opt.replace('_', '-')}: not used with an IMAGE (survey mode)")
+    proc, n_proc = _distributed(args)  # before anything starts JAX's backend
     model, folder = load_deblend_model(args.model)
     image = _open(args)
     if model.vae_config.bands != image.bands:
@@ -323,7 +324,6 @@ def run_image(args, cfg) -> int:
     _check_pixel_scale(model, image)
     _check_memory(image, args.tile, args.overlap)
     shard_i, shard_n = args.shard
-    proc, n_proc = _distributed(args)
     mine = share(share(tiles, shard_i, shard_n), proc, n_proc)
     inputs = [
         p
