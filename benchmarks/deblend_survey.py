@@ -133,7 +133,7 @@ def mosaic_run(work: Path, size: int, seed: int = 0):
     err[ok] = np.asarray(cat["flux_err_band0"])[idx[ok]]
     n_gal = len(cat)
     return dict(
-        data=f"galjax simulator, LSST-like r, {size} x {size} px at 0.2\"/px, "
+        data=f'galjax simulator, LSST-like r, {size} x {size} px at 0.2"/px, '
         f"{len(f_true)} galaxies (25 per arcmin^2), Poisson + sky noise",
         simulate_s=t_sim,
         wall_s=wall,
@@ -204,7 +204,9 @@ def hsc_run(work: Path):
         ok = np.isfinite(s.variance) & (s.mask > 0)
         w = np.where(ok, 1.0 / np.where(ok, s.variance, 1.0), 0.0).astype(np.float32)
         hdr = s.wcs.to_header() if s.wcs is not None else fits.Header()
-        fits.PrimaryHDU(np.moveaxis(s.images, -1, 0), hdr).writeto(sd / "image.fits", overwrite=True)
+        fits.PrimaryHDU(np.moveaxis(s.images, -1, 0), hdr).writeto(
+            sd / "image.fits", overwrite=True
+        )
         fits.PrimaryHDU(np.moveaxis(w, -1, 0)).writeto(sd / "weight.fits", overwrite=True)
         p = s.psfs
         if p.shape[0] % 2 == 0:  # the command wants odd PSFs: drop a row and a column
@@ -249,10 +251,24 @@ def two_run(work: Path, size: int):
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRAPPER, *map(str, base), "--out", str(work / "dist"),
-             "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
-            env={**os.environ, "GALJAX_CPU_DEVICES": "1"}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-c",
+                WRAPPER,
+                *map(str, base),
+                "--out",
+                str(work / "dist"),
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            env={**os.environ, "GALJAX_CPU_DEVICES": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for i in range(2)
     ]

@@ -13,8 +13,9 @@ from astropy.nddata import CCDData, NDData, StdDevUncertainty
 from astropy.wcs import WCS
 
 from galjax.deblend import DeblendConfig
+from galjax.deblend.catalog import write_images
 from galjax.deblend.inputs import prepare_psf
-from galjax.deblend.survey import DetectionConfig, deblend_image, write_images
+from galjax.deblend.survey import DetectionConfig, deblend_image
 from galjax.deblend.tiles import canvas_size, owned, parse_shard, plan_tiles, share
 from galjax.detect import match_positions
 from galjax.io import open_survey_image
@@ -263,3 +264,14 @@ def test_bands_must_match(model, mosaic):
         deblend_image(
             model, np.repeat(mosaic.image[:64, :64], 2, axis=-1), sigma=1.0, progress=False
         )
+
+
+def test_psf_mismatch_flags_images_sharper_than_the_psf(model):
+    from galjax.deblend.survey import psf_mismatch
+
+    snr = np.full(20, 100.0)
+    msg = psf_mismatch(model, None, np.full(20, 0.6), snr)
+    assert msg is not None and msg.startswith("image:") and "built-in PSF" in msg
+    assert psf_mismatch(model, None, np.full(20, 2.5), snr) is None  # stars as wide as the PSF
+    assert psf_mismatch(model, None, np.full(3, 0.6), snr[:3]) is None  # too few bright sources
+    assert psf_mismatch(model, None, np.full(20, 0.6), np.full(20, 5.0)) is None  # all faint

@@ -206,3 +206,18 @@ def test_two_processes_equal_one(files, single, tmp_path):
     a, b = Table.read(single / "catalog.ecsv"), Table.read(Path(out) / "catalog.ecsv")
     np.testing.assert_array_equal(_key(a), _key(b))
     np.testing.assert_allclose(np.asarray(a["flux_band0"]), np.asarray(b["flux_band0"]), rtol=1e-5)
+
+
+def test_simulate_mosaic_command(tmp_path, capsys):
+    assert main(["simulate", "--mosaic", "96", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "galjax deblend" in text
+    for name in ("image.fits", "variance.fits", "psf.fits", "truth.ecsv"):
+        assert (tmp_path / "demo" / name).is_file()
+    hdr = fits.getheader(tmp_path / "demo" / "image.fits")
+    assert WCS(hdr).has_celestial and fits.getdata(tmp_path / "demo" / "image.fits").shape == (
+        96,
+        96,
+    )
+    rc = main(["simulate", "--mosaic", "96", "--out", str(tmp_path / "x.fits"), "--quiet"])
+    assert rc == 2 and "--out" in capsys.readouterr().err

@@ -169,6 +169,14 @@ def _read_inputs(args, model, folder):
         positions, mask = np.asarray(det.positions), np.asarray(det.mask)
         point = None
         print(f"detected {int(mask.sum())} sources in {len(fields)} fields")
+        full = int(np.sum(mask.sum(axis=1) >= args.max_sources))
+        if full:
+            print(
+                f"galjax deblend: warning: {full} field(s) reached --max-sources "
+                f"{args.max_sources} detections; fainter peaks there were not kept: raise "
+                "--max-sources (or give a survey IMAGE, which has no cap)",
+                file=sys.stderr,
+            )
     title = f"galjax deblend: {args.fields}"
     return fields, ivar, positions, mask, point, (psf if explicit else None), None, title
 

@@ -84,7 +84,7 @@ def save_tile(path: Path, result) -> Path:
 
 def load_tile(path: Path):
     """Read a tile written by :func:`save_tile` back as a ``TileResult``."""
-    from galjax.deblend.survey import TileResult
+    from galjax.deblend.catalog import TileResult
     from galjax.deblend.tiles import Tile
 
     with np.load(path) as z:
@@ -375,12 +375,13 @@ def run_image(args, cfg) -> int:
             "when all are (run the remaining shards, or --resume)"
         )
         return 0
-    _merge(out, store, tiles, image, t0, args)
+    _merge(out, store, tiles, image, t0, model, psf)
     return 0
 
 
-def _merge(out: Path, store: TileStore, tiles, image, t0, args) -> None:
-    from galjax.deblend.survey import catalog_table, report_flags, write_images
+def _merge(out: Path, store: TileStore, tiles, image, t0, model, psf) -> None:
+    from galjax.deblend.catalog import catalog_table, report_flags, write_images
+    from galjax.deblend.survey import psf_mismatch
     from galjax.io import write_table
 
     lazy = _LazyTiles(store, tiles)
@@ -392,6 +393,9 @@ def _merge(out: Path, store: TileStore, tiles, image, t0, args) -> None:
     for w in caught:
         print(f"galjax deblend: warning: {w.message}", file=sys.stderr)
     table = catalog_table(image, [_light(store, t) for t in tiles])
+    msg = psf_mismatch(model, psf, table["hlr"].value, np.asarray(table["det_snr"]))
+    if msg:
+        print(f"galjax deblend: warning: {_as_option(ValueError(msg))}", file=sys.stderr)
     write_table(out / "catalog.ecsv", table)
     write_images(image, lazy, out / "model.fits", out / "residual.fits")
     _summary(out, image, table)

@@ -1,5 +1,6 @@
 """``galjax simulate``: blended fields from the built-in simulator, with their truth
-table and a figure."""
+table and a figure; or (``--mosaic SIZE``) a survey image with its variance, PSF, WCS
+and truth, for ``galjax deblend IMAGE.fits``."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def _simulate(args) -> int:
     if args.n < 1:
         raise ValueError(f"--n: expected >= 1, got {args.n}")
     survey = SURVEYS[args.survey]
+    if args.mosaic is not None:
+        return _mosaic(args, survey)
     out = Path(args.out)
     if out.suffix.lower() not in (".fits", ".fit", ".fts"):
         raise ValueError(f"--out: expected a .fits path, got {str(out)!r}")
@@ -105,6 +108,29 @@ def _simulate(args) -> int:
     return 0
 
 
+def _mosaic(args, survey) -> int:
+    """``--mosaic SIZE``: image.fits, variance.fits, psf.fits and truth.ecsv in ``--out``."""
+    import jax
+
+    from galjax.sim import simulate_mosaic, write_mosaic
+
+    out = Path(args.out)
+    if out.suffix.lower() in (".fits", ".fit", ".fts"):
+        raise ValueError(f"--out: with --mosaic, expected a folder, got {str(out)!r}")
+    t0 = time.perf_counter()
+    size = (args.mosaic, args.mosaic)
+    m = simulate_mosaic(jax.random.key(args.seed), survey, shape=size, progress=not args.quiet)
+    paths = write_mosaic(out, m, survey)
+    print(
+        f"simulated a {args.mosaic} x {args.mosaic} {survey.name} mosaic with "
+        f"{len(m.truth['x'])} galaxies in {time.perf_counter() - t0:.1f} s\n"
+        f"  outputs: {', '.join(str(p) for p in paths.values())}\n"
+        f"  deblend it: galjax deblend {paths['image']} --psf {paths['psf']} --variance "
+        f"{paths['variance']} --out {out / 'run'}"
+    )
+    return 0
+
+
 def register(subparsers) -> None:
     """Add the ``simulate`` sub-command to an ``argparse`` sub-parser collection."""
     sim = subparsers.add_parser("simulate", help="simulate blended fields with their truth")
@@ -115,4 +141,12 @@ def register(subparsers) -> None:
     sim.add_argument("--n-max", type=positive_int, default=4, help="maximum sources per field")
     sim.add_argument("--chunk", type=positive_int, default=256, help="fields per compiled call")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.add_argument(
+        "--mosaic",
+        type=positive_int,
+        default=None,
+        metavar="SIZE",
+        help="instead of fields: one SIZE x SIZE survey image (25 galaxies per arcmin^2) with "
+        "variance, PSF, WCS and truth, written to the folder --out",
+    )
     sim.set_defaults(func=_simulate)

@@ -30,19 +30,25 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable
 
 import numpy as np
 
 from galjax.deblend.batching import deblend
-from galjax.deblend.config import FAILED, DeblendConfig, DeblendStatus
+from galjax.deblend.catalog import (
+    SOURCE_COLUMNS,
+    TileResult,
+    catalog_table,
+    empty_sources,
+    report_flags,
+)
+from galjax.deblend.config import DeblendConfig
 from galjax.deblend.inputs import prepare_psf
 from galjax.deblend.laplace import laplace_flux_errors
 from galjax.deblend.tiles import Tile, canvas_size, owned, plan_tiles
 from galjax.detect.sources import blend_boxes, detect_sources, group_blends, sky_background
 from galjax.image.background import Background
-from galjax.io.survey import SurveyImage, open_survey_image, pixel_to_sky
+from galjax.io.survey import SurveyImage, open_survey_image
 from galjax.models.store import GalaxyModel
 
 __all__ = [
@@ -50,10 +56,8 @@ __all__ = [
     "TileResult",
     "SOURCE_COLUMNS",
     "deblend_tile",
-    "catalog_table",
-    "write_images",
     "deblend_image",
-    "report_flags",
+    "psf_mismatch",
 ]
 
 
@@ -108,62 +112,6 @@ class DetectionConfig:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
 
 
-#: Per-source arrays of a :class:`TileResult` (``(n,)`` or ``(n, bands)``).
-SOURCE_COLUMNS = (
-    "x",
-    "y",
-    "flux",
-    "flux_err",
-    "blend",
-    "chi2",
-    "chi2_footprint",
-    "n_iter",
-    "status",
-    "truncated",
-    "det_flux",
-    "npix",
-    "keep",
-)
-
-
-class TileResult(NamedTuple):
-    """The sources a tile owns, their blends' models and the tile's background.
-
-    Attributes:
-      tile: the :class:`~galjax.deblend.tiles.Tile`.
-      sources: dict of :data:`SOURCE_COLUMNS` arrays, one row per source: ``x, y``
-        global pixels; ``flux``, ``flux_err`` ``(n, bands)`` in the image's unit
-        (sum of the model's pixels; Laplace 1-sigma); ``blend`` the blend's index
-        in this tile; ``chi2`` residual chi^2 per usable pixel of the blend's
-        cutout; ``chi2_footprint`` the same over the source's own footprint (its
-        segmentation pixels); ``n_iter``; ``status`` the blend's
-        :class:`~galjax.deblend.DeblendStatus` bits; ``truncated`` the blend
-        reached the edge of the tile's read window; ``det_flux``, ``npix`` the
-        detection's flux and footprint area; ``keep`` False for sources in the
-        image border (:attr:`DetectionConfig.border`).
-      boxes: ``(n_blends, 4)`` global ``(y0, y1, x0, x1)`` of each blend's model:
-        its canvas (the cutout, centred on a canvas of :data:`~galjax.deblend.tiles.CANVAS_SIZES`)
-        clipped to the image.
-      models: list of ``(y1 - y0, x1 - x0, bands)`` float32, each blend's model.
-      background: ``(core_h, core_w, bands)`` float32 background level of the core.
-    """
-
-    tile: Tile
-    sources: dict
-    boxes: np.ndarray
-    models: list
-    background: np.ndarray
-
-
-def _empty_sources(bands: int) -> dict:
-    out = {k: np.zeros(0, np.float64) for k in SOURCE_COLUMNS}
-    out["flux"] = out["flux_err"] = np.zeros((0, bands), np.float64)
-    for k in ("blend", "n_iter", "status", "npix"):
-        out[k] = np.zeros(0, np.int32)
-    out["truncated"] = out["keep"] = np.zeros(0, bool)
-    return out
-
-
 def _background(win_data, good, box: int):
     """Per band: background level and rms maps, ``(h, w, bands)`` float32 each."""
     level = np.zeros(win_data.shape, np.float32)
@@ -198,6 +146,53 @@ def _footprint_chi2(residual, ivar, seg_box, sources_k):
         if n:
             out[j] = r2[pix].sum() / n
     return out
+
+
+def _half_light_radii(image, x, y, a) -> np.ndarray:
+    """Radius (pixels) of the circle holding half the flux within ``max(6 a, 3)`` (sep)."""
+    import sep
+
+    if len(x) == 0:
+        return np.zeros(0)
+    img = np.ascontiguousarray(image, np.float64)
+    rmax = np.clip(6.0 * np.asarray(a, np.float64), 3.0, 64.0)
+    r, _ = sep.flux_radius(img, np.asarray(x, np.float64), np.asarray(y, np.float64), rmax, 0.5)
+    return np.asarray(r, np.float64)
+
+
+def psf_mismatch(model: GalaxyModel, psf, hlr, snr, min_snr: float = 30.0) -> str | None:
+    """A warning when the image's most compact bright sources are sharper than the PSF.
+
+    Stars have the PSF's half-light radius and galaxies more, so the 10th percentile of
+    ``hlr`` over sources with ``snr > min_snr`` (at least 5) should not fall below
+    0.8 times the half-light radius of the PSF the fit uses (``psf``, ``(ph, pw,
+    bands)``, or the model's built-in one). Returns the message, or None.
+    """
+    if psf is None:
+        survey = (model.meta or {}).get("survey")
+        if not survey:
+            return None
+        from galjax.sim.survey import Survey
+
+        psf = np.asarray(Survey.from_dict(survey).pixel_psf())
+    p = np.asarray(psf, np.float64).reshape(psf.shape[0], psf.shape[1], -1).mean(-1)
+    c = (p.shape[1] - 1) / 2.0, (p.shape[0] - 1) / 2.0
+    # The same aperture rule as for the sources: rmax = 6 a, a ~ the core's Gaussian sigma.
+    sigma = np.sqrt(np.count_nonzero(p >= 0.5 * p.max()) / np.pi) / 1.1774
+    ref = float(_half_light_radii(p, [c[0]], [c[1]], [sigma])[0])
+    bright = np.asarray(snr) > min_snr
+    if bright.sum() < 5:
+        return None
+    compact = float(np.percentile(np.asarray(hlr)[bright], 10))
+    if compact >= 0.8 * ref:
+        return None
+    what = "the given PSF" if model.vae_config.psf_explicit else "the model's built-in PSF"
+    return (
+        f"image: its most compact bright sources (10th percentile over {int(bright.sum())} "
+        f"sources with SNR > {min_snr:g}) have a half-light radius of {compact:.2f} px, less "
+        f"than {what} ({ref:.2f} px): the image is sharper than the PSF of the fit and fluxes "
+        "will be biased; give the image's own PSF to an explicit-PSF model, or resample"
+    )
 
 
 def deblend_tile(
@@ -242,7 +237,7 @@ def deblend_tile(
     else:
         ivar = np.where(good, win.ivar, 0.0)
     background = level[cy0 - ry0 : cy1 - ry0, cx0 - rx0 : cx1 - rx0].copy()
-    empty = TileResult(tile, _empty_sources(bands), np.zeros((0, 4), np.int64), [], background)
+    empty = TileResult(tile, empty_sources(bands), np.zeros((0, 4), np.int64), [], background)
     if not (ivar > 0).any():
         return empty
     det, det_rms = _detection_image(sub, ivar)
@@ -361,6 +356,10 @@ def deblend_tile(
     idx = cat.pop("idx")
     cat["x"], cat["y"] = gx[idx], gy[idx]
     cat["det_flux"], cat["npix"] = src.flux[idx], src.npix[idx].astype(np.int32)
+    cat["hlr"] = _half_light_radii(det, src.x[idx], src.y[idx], src.a[idx])
+    iy = np.clip(np.round(src.y[idx]).astype(int), 0, det.shape[0] - 1)
+    ix = np.clip(np.round(src.x[idx]).astype(int), 0, det.shape[1] - 1)
+    cat["det_snr"] = src.flux[idx] / (det_rms[iy, ix] * np.sqrt(np.maximum(src.npix[idx], 1)))
     bd = detection.border
     cat["keep"] = (
         (cat["x"] >= bd)
@@ -371,142 +370,6 @@ def deblend_tile(
     cat["flux"] = np.asarray(cat["flux"], np.float64)
     cat["flux_err"] = np.asarray(cat["flux_err"], np.float64)
     return TileResult(tile, cat, model_boxes, models_out, background)
-
-
-def catalog_table(image: SurveyImage, results: Sequence[TileResult]):
-    """Merge tile results into one catalogue, an astropy ``Table``.
-
-    Columns: ``id``; ``x``, ``y`` (0-based pixels); ``ra``, ``dec`` (deg, when the
-    image has a WCS); ``flux_<band>``, ``flux_err_<band>`` in the image's unit
-    (sum over the source's model pixels); ``mag_<band>``, ``mag_err_<band>`` (AB,
-    when a zeropoint is known: ``mag = zp - 2.5 log10(flux)``, NaN for flux <= 0);
-    ``blend`` (a global blend id) and ``blend_size`` (its number of sources);
-    ``chi2`` (the blend's cutout) and ``chi2_footprint`` (the source's footprint),
-    both per usable pixel; ``n_iter``; ``status`` (text) and ``flags``
-    (:class:`~galjax.deblend.DeblendStatus` bits); ``truncated``; ``tile``;
-    ``det_flux``, ``npix`` (the detection's). Rows sorted by tile, blend, source;
-    border sources dropped.
-    """
-    from astropy import units as u
-    from astropy.table import Table
-
-    from galjax.deblend.config import status_text
-
-    parts = [r.sources for r in results]
-    bands = image.bands
-    cols = {
-        k: np.concatenate([p[k] for p in parts]) if parts else _empty_sources(bands)[k]
-        for k in SOURCE_COLUMNS
-    }
-    tile_ix = np.concatenate(
-        [np.full(len(p["x"]), r.tile.index, np.int32) for p, r in zip(parts, results, strict=True)]
-        or [np.zeros(0, np.int32)]
-    )
-    offsets, n = [], 0
-    for r in results:
-        offsets.append(n)
-        n += len(r.boxes)
-    blend = np.concatenate(
-        [p["blend"] + o for p, o in zip(parts, offsets, strict=True)] or [np.zeros(0, np.int32)]
-    ).astype(np.int64)
-    keep = cols["keep"].astype(bool)
-    sizes = np.bincount(blend, minlength=n) if blend.size else np.zeros(0, np.int64)
-    t = Table()
-    t["id"] = np.arange(int(keep.sum()), dtype=np.int64)
-    t["x"] = cols["x"][keep] * u.pix
-    t["y"] = cols["y"][keep] * u.pix
-    if image.wcs is not None:
-        ra, dec = pixel_to_sky(image.wcs, cols["x"][keep], cols["y"][keep])
-        t["ra"], t["dec"] = ra * u.deg, dec * u.deg
-    unit = _unit(image.unit)
-    zps = image.zeropoint
-    for b, name in enumerate(image.band_names):
-        f, e = cols["flux"][keep, b], cols["flux_err"][keep, b]
-        t[f"flux_{name}"] = f if unit is None else f * unit
-        t[f"flux_err_{name}"] = e if unit is None else e * unit
-        if zps is not None:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mag = np.where(f > 0, zps[b] - 2.5 * np.log10(np.where(f > 0, f, 1.0)), np.nan)
-                merr = np.where(f > 0, 2.5 / np.log(10.0) * e / np.where(f > 0, f, 1.0), np.nan)
-            t[f"mag_{name}"] = mag * u.ABmag
-            t[f"mag_err_{name}"] = merr * u.mag
-    t["blend"] = blend[keep]
-    t["blend_size"] = sizes[blend[keep]] if blend.size else np.zeros(0, np.int64)
-    t["chi2"] = cols["chi2"][keep]
-    t["chi2_footprint"] = cols["chi2_footprint"][keep]
-    t["n_iter"] = cols["n_iter"][keep]
-    status = cols["status"][keep].astype(np.int32)
-    t["status"] = [status_text(int(c)) for c in status]
-    t["flags"] = status
-    t["truncated"] = cols["truncated"][keep].astype(bool)
-    t["tile"] = tile_ix[keep]
-    t["det_flux"] = cols["det_flux"][keep]
-    t["npix"] = cols["npix"][keep]
-    t.meta["unit"] = image.unit or "unknown"
-    t.meta["comments"] = [
-        "x, y: 0-based pixels, (x, y) = (column, row), pixel centres at integers",
-        "ra, dec: ICRS degrees from the image WCS (absent: the image has no WCS)",
-        f"flux: sum of the source's model pixels, in the image unit ({image.unit or 'unknown'}); "
-        "flux_err: Laplace 1-sigma",
-        "mag: AB, zp - 2.5 log10(flux) (absent: no zeropoint known)",
-        "chi2: residual chi^2 per usable pixel of the blend's cutout; chi2_footprint: over "
-        "the source's footprint",
-        "status, flags: the blend's galjax.deblend.DeblendStatus (no_data, nonfinite: not fitted)",
-        "truncated: the blend reached the edge of its tile's read window (raise the overlap)",
-    ]
-    return t
-
-
-def _unit(text):
-    if not text:
-        return None
-    from astropy import units as u
-
-    try:
-        return u.Unit(text, parse_strict="silent")
-    except (ValueError, TypeError):
-        return None
-
-
-def write_images(image: SurveyImage, results: Sequence[TileResult], model_path, residual_path):
-    """Write the model and residual mosaics as FITS, tile by tile (bounded memory).
-
-    ``model`` = sum of every blend's model; ``residual`` = image - background -
-    model (0 where the image has no usable pixel). Both carry the image's WCS and
-    BUNIT. ``results`` may be any sequence (e.g. tiles loaded from disk on access);
-    it is read twice.
-    """
-    from galjax.core.files import atomic_write
-    from galjax.io.survey import create_fits_image, open_fits_image, sky_header
-
-    h, w = image.shape
-    header = sky_header(image)
-
-    def write_model(tmp):
-        create_fits_image(tmp, (h, w, image.bands), header)
-        with open_fits_image(tmp) as data:
-            out = data.reshape(image.bands, h, w)  # a view of the memory map
-            for r in results:
-                for (y0, y1, x0, x1), m in zip(r.boxes, r.models, strict=True):
-                    out[:, y0:y1, x0:x1] += np.moveaxis(m, -1, 0)
-
-    atomic_write(model_path, write_model)
-
-    def write_residual(tmp):
-        from astropy.io import fits
-
-        create_fits_image(tmp, (h, w, image.bands), header)
-        with open_fits_image(tmp) as data, fits.open(model_path, memmap=True) as mhdu:
-            out = data.reshape(image.bands, h, w)
-            model = mhdu[0].data.reshape(image.bands, h, w)
-            for r in results:
-                y0, y1, x0, x1 = r.tile.core
-                win = image.read(y0, y1, x0, x1)
-                m = np.moveaxis(np.asarray(model[:, y0:y1, x0:x1], np.float32), 0, -1)
-                res = np.where(win.good, win.data - r.background - m, 0.0)
-                out[:, y0:y1, x0:x1] = np.moveaxis(res, -1, 0)
-
-    atomic_write(residual_path, write_residual)
 
 
 def deblend_image(
@@ -566,32 +429,8 @@ def deblend_image(
         results.append(r)
     report_flags(results)
     table = catalog_table(image, results)
+    msg = psf_mismatch(model, psf, table["hlr"].value, np.asarray(table["det_snr"]))
+    if msg:
+        warnings.warn(msg, UserWarning, stacklevel=2)
     table.meta["tiles"] = results
     return table
-
-
-def report_flags(results: Sequence[TileResult]) -> dict:
-    """Counts of sources not fitted, truncated and unconverged; warns about the first two."""
-    status = np.concatenate([r.sources["status"] for r in results] or [np.zeros(0, np.int32)])
-    trunc = np.concatenate([r.sources["truncated"] for r in results] or [np.zeros(0, bool)])
-    counts = {
-        "failed": int(np.count_nonzero(status & int(FAILED))),
-        "truncated": int(np.count_nonzero(trunc)),
-        "not_converged": int(np.count_nonzero(status & int(DeblendStatus.NOT_CONVERGED))),
-        "sources": int(status.size),
-    }
-    if counts["failed"]:
-        warnings.warn(
-            f"{counts['failed']} source(s) in blends that could not be fitted "
-            "(status no_data/nonfinite; NaN fluxes)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    if counts["truncated"]:
-        warnings.warn(
-            f"{counts['truncated']} source(s) in blends cut by a tile's read window "
-            "(column truncated); raise the overlap",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return counts
