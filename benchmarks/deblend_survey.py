@@ -64,8 +64,8 @@ WRAPPER = (
 def run_command(args, env=None, log=None):
     """``galjax <args>`` in a fresh process: (wall seconds, peak RSS in GB, output)."""
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", WRAPPER, *map(str, args)],
-                       capture_output=True, text=True, env={**os.environ, **(env or {})})  # fmt: skip
+    cmd = [sys.executable, "-c", WRAPPER, *map(str, args)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
     out = p.stdout + p.stderr
     if log is not None:
@@ -88,6 +88,20 @@ def match(true_xy, found_xy, radius=2.0):
             idx[i] = j[i]
             taken.add(j[i])
     return idx
+
+
+def _flux_column(t, err=False) -> str:
+    """The first band's flux (or flux error) column of a catalogue."""
+    cols = [c for c in t.colnames if c.startswith("flux_") and not c.startswith("flux_err_")]
+    return cols[0].replace("flux_", "flux_err_") if err else cols[0]
+
+
+def _mean(a) -> float:
+    return float(np.mean(a)) if len(a) else float("nan")
+
+
+def _median(a) -> float:
+    return float(np.median(a)) if len(a) else float("nan")
 
 
 def mosaic_run(work: Path, size: int, seed: int = 0):
@@ -114,23 +128,26 @@ def mosaic_run(work: Path, size: int, seed: int = 0):
     f_true = truth["flux"][:, 0]
     f_gal = np.full(len(f_true), np.nan)
     f_seg = np.full(len(f_true), np.nan)
-    f_gal[ok] = np.asarray(cat["flux_band0"])[idx[ok]]
+    f_gal[ok] = np.asarray(cat[_flux_column(cat)])[idx[ok]]
     f_seg[ok] = np.asarray(cat["det_flux"])[idx[ok]]
     snr = truth["snr"]
     rows = []
     for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:], strict=True):
         sel = (snr >= lo) & (snr < hi)
         both = sel & ok
-        rows.append(dict(
-            snr=f"{lo:g}-{hi:g}" if hi < 1e9 else f">= {lo:g}", n_true=int(sel.sum()),
-            completeness=float(ok[sel].mean()) if sel.any() else float("nan"),
-            galjax_median_abs_dflux=float(np.median(np.abs(f_gal[both] / f_true[both] - 1))) if both.any() else float("nan"),
-            galjax_median_dflux=float(np.median(f_gal[both] / f_true[both] - 1)) if both.any() else float("nan"),
-            no_deblending_median_abs_dflux=float(np.median(np.abs(f_seg[both] / f_true[both] - 1))) if both.any() else float("nan"),
-        ))  # fmt: skip
+        rows.append(
+            dict(
+                snr=f"{lo:g}-{hi:g}" if hi < 1e9 else f">= {lo:g}",
+                n_true=int(sel.sum()),
+                completeness=_mean(ok[sel]),
+                galjax_median_abs_dflux=_median(np.abs(f_gal[both] / f_true[both] - 1)),
+                galjax_median_dflux=_median(f_gal[both] / f_true[both] - 1),
+                no_deblending_median_abs_dflux=_median(np.abs(f_seg[both] / f_true[both] - 1)),
+            )
+        )
     s10 = ok & (snr >= 10)
     err = np.full(len(f_true), np.nan)
-    err[ok] = np.asarray(cat["flux_err_band0"])[idx[ok]]
+    err[ok] = np.asarray(cat[_flux_column(cat, err=True)])[idx[ok]]
     n_gal = len(cat)
     return dict(
         data=f'galjax simulator, LSST-like r, {size} x {size} px at 0.2"/px, '
@@ -171,7 +188,7 @@ def eso_run(work: Path):
     ok = idx >= 0
     auto = np.asarray(ref["FLUX_AUTO"], float)
     good = ok & (auto > 0)
-    ratio = np.asarray(cat["flux_band0"])[idx[good]] / auto[good]
+    ratio = np.asarray(cat[_flux_column(cat)])[idx[good]] / auto[good]
     return dict(
         data="real ESO NTT/EMMI R-band field, 256 x 256, SExtractor catalogue (65 objects)",
         wall_s=wall,
@@ -214,7 +231,7 @@ def hsc_run(work: Path):
         fits.PrimaryHDU(np.moveaxis(p, -1, 0)).writeto(sd / "psf.fits", overwrite=True)
         wall, rss, text = run_command(
             ["deblend", sd / "image.fits", "--psf", sd / "psf.fits", "--weight", sd / "weight.fits",
-             "--model", "hsc", "--out", sd / "out", "--quiet", "--steps", "300"],
+             "--model", "hsc", "--out", sd / "out", "--quiet", "--steps", "300", "--find-stars"],
             log=sd / "log.txt",
         )  # fmt: skip
         res = np.moveaxis(fits.getdata(sd / "out" / "residual.fits"), 0, -1)
@@ -279,7 +296,7 @@ def two_run(work: Path, size: int):
         raise RuntimeError("two-process run failed:\n" + "\n".join(logs)[-3000:])
     a, b = Table.read(work / "one" / "catalog.ecsv"), Table.read(work / "dist" / "catalog.ecsv")
     same_pos = len(a) == len(b) and np.array_equal(np.asarray(a["x"]), np.asarray(b["x"]))
-    fa, fb = np.asarray(a["flux_band0"]), np.asarray(b["flux_band0"])
+    fa, fb = np.asarray(a[_flux_column(a)]), np.asarray(b[_flux_column(b)])
     return dict(
         data=f"galjax simulator mosaic, {size} x {size} px, {len(a)} sources",
         one_process_s=t_one,

@@ -221,3 +221,27 @@ def test_simulate_mosaic_command(tmp_path, capsys):
     )
     rc = main(["simulate", "--mosaic", "96", "--out", str(tmp_path / "x.fits"), "--quiet"])
     assert rc == 2 and "--out" in capsys.readouterr().err
+
+
+def test_real_hsc_scene_through_the_command(data_dir, tmp_path):
+    """A real grizy HSC scene as FITS cubes (image, weights, PSF) with --find-stars."""
+    from galjax.io import load_hsc_npz
+
+    s = load_hsc_npz(data_dir / "hsc_blends_scarlet" / "hsc_cosmos_35.npz")
+    ok = np.isfinite(s.variance) & (s.mask > 0)
+    w = np.where(ok, 1.0 / np.where(ok, s.variance, 1.0), 0.0).astype(np.float32)
+    fits.PrimaryHDU(np.moveaxis(s.images, -1, 0)).writeto(tmp_path / "image.fits")
+    fits.PrimaryHDU(np.moveaxis(w, -1, 0)).writeto(tmp_path / "weight.fits")
+    fits.PrimaryHDU(np.moveaxis(s.psfs, -1, 0)).writeto(tmp_path / "psf.fits")
+    out = tmp_path / "out"
+    rc = main(["deblend", str(tmp_path / "image.fits"), "--psf", str(tmp_path / "psf.fits"),
+               "--weight", str(tmp_path / "weight.fits"), "--model", "hsc", "--find-stars",
+               "--steps", "60", "--out", str(out), "--quiet"])  # fmt: skip
+    assert rc == 0
+    t = Table.read(out / "catalog.ecsv")
+    assert len(t) >= 3 and t["point"].any()  # the scene's bright stars
+    for band in "grizy":
+        assert np.isfinite(np.asarray(t[f"flux_{band}"])).all()
+    res = np.moveaxis(fits.getdata(out / "residual.fits"), 0, -1)
+    chi2 = (res**2 * w)[w > 0].mean()
+    assert chi2 < 0.2 * (s.images**2 * w)[w > 0].mean()  # the model explains the light

@@ -196,6 +196,7 @@ def image_settings(args) -> dict:
         "prior_weight",
         "prior_weight_faint",
         "no_debias",
+        "find_stars",
         "zeropoint",
         "sigma",
         "hdu",
@@ -286,7 +287,7 @@ def run_image(args, cfg) -> int:
     from .deblend_inputs import load_deblend_model, read_psf
 
     t0 = time.perf_counter()
-    for opt in ("fields", "positions", "demo", "find_stars"):
+    for opt in ("fields", "positions", "demo"):
         if getattr(args, opt, None):
             raise ValueError(f"--{opt.replace('_', '-')}: not used with an IMAGE (survey mode)")
     proc, n_proc = _distributed(args)  # before anything starts JAX's backend
@@ -305,6 +306,11 @@ def run_image(args, cfg) -> int:
         raise _as_option(err) from err
     for w in caught:
         print(f"galjax deblend: warning: {_as_option(ValueError(str(w.message)))}", file=sys.stderr)
+    if args.find_stars and psf is None:
+        raise ValueError(
+            "--find-stars: needs a model that draws sources before the PSF (e.g. --model hsc) "
+            "and --psf"
+        )
     try:
         detection = DetectionConfig(
             threshold=args.threshold,
@@ -356,7 +362,9 @@ def run_image(args, cfg) -> int:
 
     n_src = 0
     for t in tqdm(todo, desc="tiles", unit="tile", disable=args.quiet):
-        r = deblend_tile(model, image, t, psf, detection=detection, config=cfg)
+        r = deblend_tile(
+            model, image, t, psf, detection=detection, config=cfg, find_stars=args.find_stars
+        )
         save_tile(store.path(t.index), r)
         n_src += len(r.sources["x"])
     who = f"process {proc}/{n_proc}, " if n_proc > 1 else ""

@@ -46,6 +46,7 @@ SOURCE_COLUMNS = (
     "det_flux",
     "npix",
     "keep",
+    "point",
 )
 
 
@@ -86,7 +87,7 @@ def empty_sources(bands: int) -> dict:
     out["flux"] = out["flux_err"] = np.zeros((0, bands), np.float64)
     for k in ("blend", "n_iter", "status", "npix"):
         out[k] = np.zeros(0, np.int32)
-    out["truncated"] = out["keep"] = np.zeros(0, bool)
+    out["truncated"] = out["keep"] = out["point"] = np.zeros(0, bool)
     return out
 
 
@@ -157,6 +158,7 @@ def catalog_table(image: SurveyImage, results: Sequence[TileResult]):
     t["status"] = [status_text(int(c)) for c in status]
     t["flags"] = status
     t["truncated"] = cols["truncated"][keep].astype(bool)
+    t["point"] = cols["point"][keep].astype(bool)
     t["tile"] = tile_ix[keep]
     t["hlr"] = cols["hlr"][keep] * u.pix
     t["det_snr"] = cols["det_snr"][keep]

@@ -45,6 +45,7 @@ from galjax.deblend.catalog import (
 from galjax.deblend.config import DeblendConfig
 from galjax.deblend.inputs import prepare_psf
 from galjax.deblend.laplace import laplace_flux_errors
+from galjax.deblend.point import point_source_tests
 from galjax.deblend.tiles import Tile, canvas_size, owned, plan_tiles
 from galjax.detect.sources import blend_boxes, detect_sources, group_blends, sky_background
 from galjax.image.background import Background
@@ -203,6 +204,7 @@ def deblend_tile(
     *,
     detection: DetectionConfig = DetectionConfig(),
     config: DeblendConfig = DeblendConfig(),
+    find_stars: bool = False,
 ) -> TileResult:
     """Background, detection, blends and MAP deblending of one tile.
 
@@ -215,11 +217,16 @@ def deblend_tile(
         per band), else None.
       detection: :class:`DetectionConfig`.
       config: :class:`~galjax.deblend.DeblendConfig` of the MAP solve.
+      find_stars: after a first solve, solve again with the sources that
+        :func:`~galjax.deblend.point_source_tests` finds better fitted by the PSF as
+        point sources (explicit-PSF models with a ``psf`` only).
 
     Returns:
       :class:`TileResult` of the blends the tile owns (possibly none).
     """
     bands = image.bands
+    if find_stars and not (model.vae_config.psf_explicit and psf is not None):
+        raise ValueError("find_stars: needs an explicit-PSF model and the image's psf")
     if model.vae_config.bands != bands:
         raise ValueError(f"image: has {bands} band(s), the model {model.vae_config.bands}")
     ry0, ry1, rx0, rx1 = tile.read
@@ -306,17 +313,16 @@ def deblend_tile(
             mask[i, : len(m)] = True
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # reported per source below
-            res = deblend(
-                model,
-                fields,
-                pos,
-                mask,
-                ivar=ivar_c,
-                psf=psf if explicit else None,
-                config=config,
-                progress=False,
-            )
-            err = laplace_flux_errors(model, res, pos, ivar_c, psf if explicit else None)
+            p = psf if explicit else None
+            res = deblend(model, fields, pos, mask, ivar=ivar_c, psf=p, config=config,
+                          progress=False)  # fmt: skip
+            point = None
+            if find_stars:  # a second pass with the sources a point source fits better
+                point = (point_source_tests(res, ivar_c, p, pos) > 0) & mask
+                if point.any():
+                    res = deblend(model, fields, pos, mask, ivar=ivar_c, psf=p, config=config,
+                                  progress=False, point=point)  # fmt: skip
+            err = laplace_flux_errors(model, res, pos, ivar_c, p)
         for i, (k, m) in enumerate(zip(ks, members, strict=True)):
             j = js[i]
             # The model is kept over the whole canvas inside the image: its light beyond
@@ -348,6 +354,7 @@ def deblend_tile(
                     "n_iter": np.full(len(m), res.n_iter[i], np.int32),
                     "status": np.full(len(m), res.status[i], np.int32),
                     "truncated": np.full(len(m), truncated[j]),
+                    "point": np.zeros(len(m), bool) if point is None else point[i, : len(m)],
                 }
             )
     cat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
@@ -385,6 +392,7 @@ def deblend_image(
     config: DeblendConfig = DeblendConfig(),
     tile: int = 1024,
     overlap: int = 128,
+    find_stars: bool = False,
     on_tile: Callable[[TileResult], None] | None = None,
     progress: bool = True,
 ):
@@ -404,6 +412,8 @@ def deblend_image(
         noise the background rms of each tile is used.
       detection: :class:`DetectionConfig`; config: :class:`~galjax.deblend.DeblendConfig`.
       tile, overlap: tile core side and read overlap in pixels (:func:`plan_tiles`).
+      find_stars: model the sources that a point source fits better as point
+        sources (:func:`deblend_tile`).
       on_tile: called with each finished :class:`TileResult`.
       progress: tqdm bar over tiles.
 
@@ -423,7 +433,8 @@ def deblend_image(
         )
     results = []
     for t in tqdm(plan_tiles(image.shape, tile, overlap), desc="tiles", disable=not progress):
-        r = deblend_tile(model, image, t, psf, detection=detection, config=config)
+        r = deblend_tile(model, image, t, psf, detection=detection, config=config,
+                         find_stars=find_stars)  # fmt: skip
         if on_tile is not None:
             on_tile(r)
         results.append(r)
