@@ -245,3 +245,31 @@ def test_real_hsc_scene_through_the_command(data_dir, tmp_path):
     res = np.moveaxis(fits.getdata(out / "residual.fits"), 0, -1)
     chi2 = (res**2 * w)[w > 0].mean()
     assert chi2 < 0.2 * (s.images**2 * w)[w > 0].mean()  # the model explains the light
+
+
+def test_tile_larger_than_memory_is_refused(files, tmp_path, capsys, monkeypatch):
+    real = os.sysconf
+
+    def small(name):  # a machine with 1 MB of free memory
+        return 256 if name == "SC_AVPHYS_PAGES" else real(name)
+
+    monkeypatch.setattr(os, "sysconf", small)
+    assert _run(files, tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "--tile:" in err and "smaller --tile" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_pixel_stack_limit_names_the_option(files, tmp_path, capsys):
+    assert _run(files, tmp_path / "o", "--pixstack", "5") == 2
+    err = capsys.readouterr().err
+    assert "--pixstack:" in err and "--resume" in err
+
+
+def test_fields_detection_cap_is_reported(files, tmp_path, capsys):
+    """The --fields mode detects at most --max-sources peaks per field, and says so."""
+    rc = main(["deblend", "--fields", str(files / "image.fits"), "--psf", str(files / "psf.fits"),
+               "--variance", str(files / "var.fits"), "--max-sources", "1", "--steps", "5",
+               "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
+    assert rc == 0
+    assert "reached --max-sources 1" in capsys.readouterr().err

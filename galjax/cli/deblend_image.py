@@ -39,6 +39,7 @@ _OPTION_NAMES = {
     "hdu": "--hdu",
     "tile": "--tile",
     "overlap": "--overlap",
+    "pixstack": "--pixstack",
 }
 
 
@@ -190,6 +191,7 @@ def image_settings(args) -> dict:
         "deblend_levels",
         "border",
         "background_box",
+        "pixstack",
         "tile",
         "overlap",
         "steps",
@@ -319,6 +321,7 @@ def run_image(args, cfg) -> int:
             deblend_levels=args.deblend_levels,
             border=args.border,
             background_box=args.background_box,
+            pixstack=args.pixstack,
         )
     except ValueError as err:
         name, _, rest = str(err).partition(":")
@@ -362,9 +365,13 @@ def run_image(args, cfg) -> int:
 
     n_src = 0
     for t in tqdm(todo, desc="tiles", unit="tile", disable=args.quiet):
-        r = deblend_tile(
-            model, image, t, psf, detection=detection, config=cfg, find_stars=args.find_stars
-        )
+        try:
+            r = deblend_tile(
+                model, image, t, psf, detection=detection, config=cfg, find_stars=args.find_stars
+            )
+        except ValueError as err:  # e.g. sep's pixel stack: finished tiles stay for --resume
+            raise _as_option(ValueError(f"{err} (tile {t.index}; finished tiles are kept: "
+                                        "rerun with --resume)")) from err  # fmt: skip
         save_tile(store.path(t.index), r)
         n_src += len(r.sources["x"])
     who = f"process {proc}/{n_proc}, " if n_proc > 1 else ""
@@ -508,6 +515,12 @@ def add_image_options(db) -> None:
     )
     g.add_argument(
         "--background-box", type=positive_int, default=64, help="background mesh (pixels)"
+    )
+    g.add_argument(
+        "--pixstack",
+        type=positive_int,
+        default=1_000_000,
+        help="sep's pixel stack: pixels above threshold at once (raise it when detection says so)",
     )
     g.add_argument(
         "--tile", type=positive_int, default=1024, help="tile side in pixels (memory bound)"
