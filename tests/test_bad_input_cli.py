@@ -158,7 +158,7 @@ CASES = [
     ("demo-with-sigma", ["deblend", "--demo", "--sigma", "1", "--out", "{out}"], "--demo"),
     ("demo-with-psf", ["deblend", "--demo", "--psf", "{psf}", "--out", "{out}"], "--psf"),
     ("demo-n-zero", ["deblend", "--demo", "--n", "0", "--out", "{out}"], "argument --n"),
-    ("no-fields", ["deblend", "--sigma", "1", "--out", "{out}"], "--fields: give the fields"),
+    ("no-fields", ["deblend", "--sigma", "1", "--out", "{out}"], "--fields: give a survey IMAGE"),
     ("fields-missing", [*DPS[:2], "{root}/nope.fits", *DPS[3:]], "--fields: no such file"),
     ("fields-all-nan", [*DPS[:2], "{nan}", *DPS[3:]], "--fields: no field has a usable pixel"),
     ("fields-bands", [*DPS[:2], "{fields2b}", *DPS[3:]], "--fields: "),

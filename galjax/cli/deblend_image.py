@@ -283,7 +283,7 @@ def run_image(args, cfg) -> int:
     import warnings
 
     from galjax.deblend.inputs import prepare_psf
-    from galjax.deblend.survey import DetectionConfig, deblend_tile
+    from galjax.deblend.survey import DetectionConfig, deblend_tile, name_bands
     from galjax.deblend.tiles import plan_tiles, share
 
     from .deblend_inputs import load_deblend_model, read_psf
@@ -299,6 +299,7 @@ def run_image(args, cfg) -> int:
         raise ValueError(
             f"IMAGE: has {image.bands} band(s), the model {folder} {model.vae_config.bands}"
         )
+    image = name_bands(model, image)
     psf = read_psf(args.psf, image.bands) if args.psf else None
     try:
         with warnings.catch_warnings(record=True) as caught:

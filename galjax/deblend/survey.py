@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from galjax.deblend.batching import deblend
+from galjax.deblend.batching import deblend, slot_bucket
 from galjax.deblend.catalog import (
     SOURCE_COLUMNS,
     TileResult,
@@ -59,6 +59,7 @@ __all__ = [
     "deblend_tile",
     "deblend_image",
     "psf_mismatch",
+    "name_bands",
 ]
 
 
@@ -286,15 +287,20 @@ def deblend_tile(
         truncated.append(cut)
     if not keep_blends:
         return empty
-    by_size: dict[int, list[int]] = {}
+    # Blends grouped by canvas size and source-slot bucket: one compiled shape per group,
+    # and no single galaxy padded to the slots of the largest blend (Laplace errors cost
+    # as much per padded slot as per real one).
+    n_src = np.bincount(blend_id, minlength=n_blends)
+    by_size: dict[tuple[int, int], list[int]] = {}
     for j, k in enumerate(keep_blends):
         y0, y1, x0, x1 = boxes[k]
-        by_size.setdefault(canvas_size(y1 - y0, x1 - x0), []).append(j)
+        key = (canvas_size(y1 - y0, x1 - x0), slot_bucket(int(n_src[k]), 1 << 30))
+        by_size.setdefault(key, []).append(j)
     explicit = model.vae_config.psf_explicit
     rows = []
     models_out: list = [None] * len(keep_blends)
     model_boxes = np.zeros((len(keep_blends), 4), np.int64)
-    for size, js in sorted(by_size.items()):
+    for (size, _), js in sorted(by_size.items()):
         ks = [keep_blends[j] for j in js]
         members = [np.flatnonzero(blend_id == k) for k in ks]
         n_max = max(len(m) for m in members)
@@ -379,6 +385,15 @@ def deblend_tile(
     return TileResult(tile, cat, model_boxes, models_out, background)
 
 
+def name_bands(model: GalaxyModel, image: SurveyImage) -> SurveyImage:
+    """The image with the model's band names when its files name none (``band0``...)."""
+    names = tuple(((model.meta or {}).get("survey") or {}).get("bands") or ())
+    default = tuple(f"band{b}" for b in range(image.bands))
+    if image.band_names == default and len(names) == image.bands:
+        return dataclasses.replace(image, band_names=names)
+    return image
+
+
 def deblend_image(
     model: GalaxyModel,
     image,
@@ -426,6 +441,7 @@ def deblend_image(
         image = open_survey_image(image, variance=variance, weight=weight, sigma=sigma, mask=mask)
     elif any(a is not None for a in (variance, weight, sigma, mask)):
         raise ValueError("image: an opened SurveyImage carries its own noise and mask")
+    image = name_bands(model, image)
     psf = prepare_psf(model, psf, image.bands)
     if image.wcs is None:
         warnings.warn(
