@@ -129,8 +129,8 @@ def test_catalogue_against_truth(one_tile, mosaic):
         "id",
         "x",
         "y",
-        "flux_band0",
-        "flux_err_band0",
+        "flux_r",
+        "flux_err_r",
         "blend",
         "blend_size",
         "chi2",
@@ -149,9 +149,9 @@ def test_catalogue_against_truth(one_tile, mosaic):
     found = idx >= 0
     assert found[bright].mean() >= 0.9
     f_true = truth["flux"][found & bright, 0]
-    f_est = np.asarray(t["flux_band0"])[idx[found & bright]]
+    f_est = np.asarray(t["flux_r"])[idx[found & bright]]
     assert np.median(np.abs(f_est / f_true - 1)) < 0.15
-    assert np.isfinite(np.asarray(t["flux_err_band0"])).all()
+    assert np.isfinite(np.asarray(t["flux_err_r"])).all()
     assert not t["truncated"].any()
 
 
@@ -162,9 +162,9 @@ def test_tiling_does_not_change_the_catalogue(one_tile, many_tiles):
     pb = np.stack([np.asarray(b["x"]), np.asarray(b["y"])], -1)
     idx = _match(pa, pb, 0.5)
     assert (idx >= 0).mean() >= 0.9  # backgrounds are estimated per tile: near-equal detections
-    fa = np.asarray(a["flux_band0"])[idx >= 0]
-    fb = np.asarray(b["flux_band0"])[idx[idx >= 0]]
-    bright = fa > 20 * np.asarray(a["flux_err_band0"])[idx >= 0]
+    fa = np.asarray(a["flux_r"])[idx >= 0]
+    fb = np.asarray(b["flux_r"])[idx[idx >= 0]]
+    bright = fa > 20 * np.asarray(a["flux_err_r"])[idx >= 0]
     assert np.median(np.abs(fb[bright] / fa[bright] - 1)) < 0.02
 
 
@@ -177,9 +177,9 @@ def test_units_do_not_matter(model, mosaic, one_tile):
         )
     assert len(t) == len(one_tile)
     np.testing.assert_allclose(np.asarray(t["x"]), np.asarray(one_tile["x"]), atol=1e-3)
-    f0 = np.asarray(one_tile["flux_band0"])
+    f0 = np.asarray(one_tile["flux_r"])
     np.testing.assert_allclose(
-        np.asarray(t["flux_band0"]) / s, f0, rtol=5e-3, atol=1e-3 * np.abs(f0).max()
+        np.asarray(t["flux_r"]) / s, f0, rtol=5e-3, atol=1e-3 * np.abs(f0).max()
     )
 
 
@@ -195,13 +195,13 @@ def test_nddata_with_wcs_and_unit(model, mosaic, tmp_path):
     )
     t = deblend_image(model, nd, config=CFG, progress=False)
     assert len(t) > 0
-    assert t["ra"].unit == u.deg and t["flux_band0"].unit == u.nJy
+    assert t["ra"].unit == u.deg and t["flux_r"].unit == u.nJy
     ra, dec = _wcs(data.shape).pixel_to_world_values(np.asarray(t["x"]), np.asarray(t["y"]))
     np.testing.assert_allclose(np.asarray(t["ra"]), ra)
     np.testing.assert_allclose(np.asarray(t["dec"]), dec)
-    f = np.asarray(t["flux_band0"])
+    f = np.asarray(t["flux_r"])
     ok = f > 0
-    np.testing.assert_allclose(np.asarray(t["mag_band0"])[ok], 31.4 - 2.5 * np.log10(f[ok]))
+    np.testing.assert_allclose(np.asarray(t["mag_r"])[ok], 31.4 - 2.5 * np.log10(f[ok]))
     # the same pixels as a plain NDData with a boolean mask over half of a source
     mask = np.zeros(data.shape, bool)
     mask[:, :10] = True

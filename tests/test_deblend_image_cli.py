@@ -75,9 +75,9 @@ def single(files, tmp_path_factory):
 def test_outputs_carry_wcs_and_units(single):
     t = Table.read(single / "catalog.ecsv")
     assert len(t) > 3
-    for col in ("ra", "dec", "flux_band0", "flux_err_band0", "mag_band0", "blend", "flags"):
+    for col in ("ra", "dec", "flux_r", "flux_err_r", "mag_r", "blend", "flags"):
         assert col in t.colnames
-    assert str(t["ra"].unit) == "deg" and str(t["flux_band0"].unit) == "nJy"
+    assert str(t["ra"].unit) == "deg" and str(t["flux_r"].unit) == "nJy"
     w = WCS(fits.getheader(single / "model.fits"))
     ra, dec = w.celestial.pixel_to_world_values(np.asarray(t["x"]), np.asarray(t["y"]))
     np.testing.assert_allclose(np.asarray(t["ra"]), ra)
@@ -97,7 +97,7 @@ def test_shards_give_the_same_catalogue(files, single, tmp_path, capsys):
     a, b = Table.read(single / "catalog.ecsv"), Table.read(out / "catalog.ecsv")
     assert len(a) == len(b)
     np.testing.assert_array_equal(_key(a), _key(b))
-    np.testing.assert_allclose(np.asarray(a["flux_band0"]), np.asarray(b["flux_band0"]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(a["flux_r"]), np.asarray(b["flux_r"]), rtol=1e-5)
 
 
 def test_resume_redoes_only_missing_tiles(files, single, tmp_path, capsys):
@@ -205,7 +205,7 @@ def test_two_processes_equal_one(files, single, tmp_path):
     assert "process 0/2" in logs[0] and "process 1/2" in logs[1]
     a, b = Table.read(single / "catalog.ecsv"), Table.read(Path(out) / "catalog.ecsv")
     np.testing.assert_array_equal(_key(a), _key(b))
-    np.testing.assert_allclose(np.asarray(a["flux_band0"]), np.asarray(b["flux_band0"]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(a["flux_r"]), np.asarray(b["flux_r"]), rtol=1e-5)
 
 
 def test_simulate_mosaic_command(tmp_path, capsys):
