@@ -34,11 +34,12 @@ def file_digest(path) -> str:
     return h.hexdigest()
 
 
-def run_manifest(settings: dict, inputs: dict, n_fields: int) -> dict:
-    """The manifest of a run: its settings, the digests of its input files and a hash of both."""
+def run_manifest(settings: dict, inputs: dict, n_fields: int, fmt: str = _FORMAT) -> dict:
+    """The manifest of a run: its settings, the digests of its input files and a hash of
+    both; ``n_fields`` counts its units of work (fields, or tiles), ``fmt`` names the layout."""
     body = {"settings": settings, "inputs": inputs, "n_fields": int(n_fields)}
     text = json.dumps(body, sort_keys=True, default=str)
-    return {"format": _FORMAT, "hash": hashlib.sha256(text.encode()).hexdigest(), **body}
+    return {"format": fmt, "hash": hashlib.sha256(text.encode()).hexdigest(), **body}
 
 
 def _differences(old: dict, new: dict) -> list[str]:

@@ -286,6 +286,7 @@ def run_image(args, cfg) -> int:
     from galjax.deblend.survey import DetectionConfig, deblend_tile, name_bands
     from galjax.deblend.tiles import plan_tiles, share
 
+    from .deblend_chunks import run_manifest
     from .deblend_inputs import load_deblend_model, read_psf
 
     t0 = time.perf_counter()
@@ -335,24 +336,10 @@ def run_image(args, cfg) -> int:
     _check_memory(image, args.tile, args.overlap)
     shard_i, shard_n = args.shard
     mine = share(share(tiles, shard_i, shard_n), proc, n_proc)
-    inputs = [
-        p
-        for k in ("variance", "weight", "mask", "psf")
-        for p in (getattr(args, k) if isinstance(getattr(args, k), list) else [getattr(args, k)])
-        if p
-    ]
+    inputs = [getattr(args, k) for k in ("variance", "weight", "mask", "psf") if getattr(args, k)]
     model_files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".json", ".msgpack"))
-    settings = image_settings(args)
-    body = {
-        "settings": settings,
-        "inputs": _digest([*args.image, *inputs, *model_files]),
-        "tiles": len(tiles),
-    }
-    manifest = {
-        "format": _FORMAT,
-        "hash": hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest(),
-        **body,
-    }
+    digest = {"files": _digest([*args.image, *inputs, *model_files])}
+    manifest = run_manifest(image_settings(args), digest, len(tiles), fmt=_FORMAT)
     out = Path(args.out)
     exclusive = shard_n == 1 and n_proc == 1
     store = TileStore(out, manifest, args.resume, exclusive)
@@ -396,24 +383,24 @@ def run_image(args, cfg) -> int:
 
 
 def _merge(out: Path, store: TileStore, tiles, image, t0, model, psf) -> None:
+    import warnings
+
     from galjax.deblend.catalog import catalog_table, report_flags, write_images
     from galjax.deblend.survey import psf_mismatch
     from galjax.io import write_table
 
-    lazy = _LazyTiles(store, tiles)
-    import warnings
-
+    light = [_light(store, t) for t in tiles]  # every tile read once, without its images
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        counts = report_flags([_light(store, t) for t in tiles])
+        counts = report_flags(light)
     for w in caught:
         print(f"galjax deblend: warning: {w.message}", file=sys.stderr)
-    table = catalog_table(image, [_light(store, t) for t in tiles])
+    table = catalog_table(image, light)
     msg = psf_mismatch(model, psf, table["hlr"].value, np.asarray(table["det_snr"]))
     if msg:
         print(f"galjax deblend: warning: {_as_option(ValueError(msg))}", file=sys.stderr)
     write_table(out / "catalog.ecsv", table)
-    write_images(image, lazy, out / "model.fits", out / "residual.fits")
+    write_images(image, _LazyTiles(store, tiles), out / "model.fits", out / "residual.fits")
     _summary(out, image, table)
     print(
         f"deblended {counts['sources']} sources in {len(tiles)} tile(s) of a "
@@ -446,7 +433,6 @@ def _summary(out: Path, image, table) -> None:
         y0, x0 = min(int(ye[iy]), h - s), min(int(xe[ix]), w - s)
     else:
         y0 = x0 = 0
-    win = image.read(y0, y0 + s, x0, x0 + s)
     with (
         fits.open(out / "residual.fits", memmap=True) as r,
         fits.open(out / "model.fits", memmap=True) as m,
@@ -464,7 +450,6 @@ def _summary(out: Path, image, table) -> None:
     fig.suptitle(
         f"galjax deblend: region y {y0}:{y0 + s}, x {x0}:{x0 + s} ({int(sel.sum())} sources)"
     )
-    del win
     atomic_write(out / "summary.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 
 
