@@ -34,6 +34,8 @@ from galjax.models.store import GalaxyModel
 
 __all__ = [
     "prepare_psf",
+    "half_maximum_width",
+    "model_psf",
     "ABSURD",
     "DeblendInputs",
     "prepare_inputs",
@@ -329,21 +331,36 @@ def prepare_psf(model: GalaxyModel, psf, bands: int):
     return p
 
 
-def _hm_width(p) -> float:
-    """Half-maximum width in pixels: ``2 sqrt(A / pi)``, ``A`` the area above half the peak."""
+def half_maximum_width(p) -> float:
+    """Half-maximum width of a 2-D PSF in pixels: ``2 sqrt(A / pi)``, ``A`` the area
+    (pixels) at or above half the peak; the FWHM of a well-sampled round PSF.
+
+    >>> from galjax.sim.psf import gaussian_psf
+    >>> round(half_maximum_width(np.asarray(gaussian_psf(6.0, size=41))[..., 0]), 1)
+    6.1
+    """
     return float(2.0 * np.sqrt(np.count_nonzero(p >= 0.5 * p.max()) / np.pi))
 
 
-def _check_baked_psf(model: GalaxyModel, p) -> None:
+def model_psf(model: GalaxyModel):
+    """The PSF a model was trained with, ``(ph, pw, bands)`` at pixel sampling, from its
+    survey (``model.meta["survey"]``); None for a model without one."""
     survey = (model.meta or {}).get("survey")
     if not survey:
-        return
+        return None
     from galjax.sim.survey import Survey
 
     ref = np.asarray(Survey.from_dict(survey).pixel_psf())
-    ref = ref[..., None] if ref.ndim == 2 else ref
+    return ref[..., None] if ref.ndim == 2 else ref
+
+
+def _check_baked_psf(model: GalaxyModel, p) -> None:
+    ref = model_psf(model)
+    if ref is None:
+        return
     for b in range(p.shape[-1]):
-        w_user, w_ref = _hm_width(p[..., b]), _hm_width(ref[..., min(b, ref.shape[-1] - 1)])
+        w_user = half_maximum_width(p[..., b])
+        w_ref = half_maximum_width(ref[..., min(b, ref.shape[-1] - 1)])
         if abs(w_user / w_ref - 1.0) > 0.2:
             warnings.warn(
                 f"psf: band {b} has a half-maximum width of {w_user:.2f} px, the model was "

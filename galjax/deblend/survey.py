@@ -43,7 +43,7 @@ from galjax.deblend.catalog import (
     report_flags,
 )
 from galjax.deblend.config import DeblendConfig
-from galjax.deblend.inputs import prepare_psf
+from galjax.deblend.inputs import half_maximum_width, model_psf, prepare_psf
 from galjax.deblend.laplace import laplace_flux_errors
 from galjax.deblend.point import point_source_tests
 from galjax.deblend.tiles import Tile, canvas_size, owned, plan_tiles
@@ -170,17 +170,13 @@ def psf_mismatch(model: GalaxyModel, psf, hlr, snr, min_snr: float = 30.0) -> st
     0.8 times the half-light radius of the PSF the fit uses (``psf``, ``(ph, pw,
     bands)``, or the model's built-in one). Returns the message, or None.
     """
+    psf = model_psf(model) if psf is None else psf
     if psf is None:
-        survey = (model.meta or {}).get("survey")
-        if not survey:
-            return None
-        from galjax.sim.survey import Survey
-
-        psf = np.asarray(Survey.from_dict(survey).pixel_psf())
+        return None
     p = np.asarray(psf, np.float64).reshape(psf.shape[0], psf.shape[1], -1).mean(-1)
     c = (p.shape[1] - 1) / 2.0, (p.shape[0] - 1) / 2.0
     # The same aperture rule as for the sources: rmax = 6 a, a ~ the core's Gaussian sigma.
-    sigma = np.sqrt(np.count_nonzero(p >= 0.5 * p.max()) / np.pi) / 1.1774
+    sigma = half_maximum_width(p) / 2.3548
     ref = float(_half_light_radii(p, [c[0]], [c[1]], [sigma])[0])
     bright = np.asarray(snr) > min_snr
     if bright.sum() < 5:
