@@ -39,6 +39,7 @@ from galjax.core.files import atomic_write
 __all__ = [
     "Cutout",
     "FitsImage",
+    "celestial_wcs",
     "cutout",
     "read_fits",
     "read_fits_stack",
@@ -107,8 +108,8 @@ def _existing_file(path) -> Path:
     return path
 
 
-def _celestial_wcs(header: fits.Header) -> WCS | None:
-    """The celestial part of the header's WCS, or None."""
+def celestial_wcs(header: fits.Header) -> WCS | None:
+    """The celestial part of the header's WCS, or None (none, or not parsable)."""
     with warnings.catch_warnings():
         # FITSFixedWarning only reports astropy normalising legal-but-old keywords.
         warnings.simplefilter("ignore", FITSFixedWarning)
@@ -186,7 +187,7 @@ def read_fits(path, hdu=None) -> FitsImage:
     (256, 256, 1)
     """
     data, header, index = _read_array(path, hdu)
-    return FitsImage(_to_hwc(data, path, index), header, _celestial_wcs(header))
+    return FitsImage(_to_hwc(data, path, index), header, celestial_wcs(header))
 
 
 def _to_hwc(data: np.ndarray, path, index) -> np.ndarray:
@@ -226,7 +227,7 @@ def read_fits_stack(path, hdu=None) -> FitsImage:
         data = np.ascontiguousarray(np.moveaxis(data, 1, -1))
     else:
         raise ValueError(f"hdu: HDU {index!r} of {str(path)!r} has shape {data.shape}")
-    return FitsImage(data, header, _celestial_wcs(header))
+    return FitsImage(data, header, celestial_wcs(header))
 
 
 def _clean_header(header) -> fits.Header:

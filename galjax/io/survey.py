@@ -17,7 +17,6 @@ import dataclasses
 import math
 import os
 import re
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -25,10 +24,11 @@ from typing import NamedTuple
 import numpy as np
 from astropy.io import fits
 from astropy.nddata import InverseVariance, NDData, StdDevUncertainty, VarianceUncertainty
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from galjax.core.files import atomic_write
+from galjax.io.fits import celestial_wcs
 
 __all__ = [
     "ZEROPOINT_KEYS",
@@ -314,16 +314,6 @@ def _celestial(wcs) -> WCS | None:
     return wcs.celestial if wcs is not None and wcs.has_celestial else None
 
 
-def _header_wcs(header) -> WCS | None:
-    with warnings.catch_warnings():
-        # FITSFixedWarning only reports astropy normalising legal-but-old keywords.
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        try:
-            return _celestial(WCS(header))
-        except Exception:  # astropy raises many types; an unparsable WCS counts as none
-            return None
-
-
 def _pixel_scale(wcs: WCS | None) -> float | None:
     if wcs is None:
         return None
@@ -458,7 +448,7 @@ def open_survey_image(
     else:
         parts, hwb, metas = _parts("image", image, hdu)
         if metas[0] is not None:
-            wcs = _header_wcs(metas[0])
+            wcs = celestial_wcs(metas[0])
             unit = str(metas[0].get("BUNIT", "")).strip() or None
     h, w, bands = hwb
     if h * w * bands == 0:
