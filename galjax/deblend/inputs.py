@@ -333,7 +333,8 @@ def prepare_psf(model: GalaxyModel, psf, bands: int):
 
 def half_maximum_width(p) -> float:
     """Half-maximum width of a 2-D PSF in pixels: ``2 sqrt(A / pi)``, ``A`` the area
-    (pixels) at or above half the peak; the FWHM of a well-sampled round PSF.
+    (pixels) at or above half the peak; the FWHM of a well-sampled round PSF. Host
+    numpy (a data-dependent count: not for ``jit``).
 
     >>> from galjax.sim.psf import gaussian_psf
     >>> round(half_maximum_width(np.asarray(gaussian_psf(6.0, size=41))[..., 0]), 1)

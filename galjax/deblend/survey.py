@@ -18,7 +18,9 @@ For each tile (:mod:`~galjax.deblend.tiles`) of a :class:`~galjax.io.SurveyImage
    :func:`~galjax.deblend.deblend` (compiled, vmapped, chunked), with Laplace flux
    errors (:func:`~galjax.deblend.laplace_flux_errors`).
 
-:func:`deblend_tile` does one tile and returns a :class:`TileResult` (host numpy);
+:func:`deblend_tile` does one tile and returns a :class:`TileResult` (host numpy; the
+numbers of sources and blends are data-dependent, so these functions are not traced,
+while the solves inside them are compiled and vmapped);
 :func:`catalog_table` merges tile results into an astropy ``Table`` with RA/Dec
 from the image's WCS, fluxes in the image's unit and AB magnitudes where a
 zeropoint is known; :func:`write_images` writes the model and residual mosaics

@@ -12,7 +12,8 @@ Blends are cut out on square canvases whose sides come from a short ladder
 (:data:`CANVAS_SIZES`), so that the whole image compiles the solver a handful of
 times whatever its size.
 
-Boxes are ``(y0, y1, x0, x1)`` integer pixels with ``y1``/``x1`` exclusive, the
+Host-side planning in plain Python and numpy (not traced). Boxes are
+``(y0, y1, x0, x1)`` integer pixels with ``y1``/``x1`` exclusive, the
 slice ``image[y0:y1, x0:x1]``; positions are ``(x, y)`` 0-based pixels with pixel
 centres at integers.
 
